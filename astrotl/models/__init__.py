@@ -1,0 +1,42 @@
+"""Flax linen models and their registry.
+
+`get(name, **cfg)` returns a model instance; every model names its submodules so
+parameter paths (`block_3/conv/kernel`, `head/kernel`, ...) are stable, and the task head
+is always `head`.  See each module's docstring for its paths.
+
+| name       | model                                   | input                 |
+|------------|-----------------------------------------|-----------------------|
+| `cnn1d`    | Tan et al. 2023 white-dwarf CNN          | (B, 3700) spectra     |
+| `resnet1d` | Wang et al. 2021 deep 1D ResNet          | (B, L) spectra        |
+| `cnn2d`    | Dominguez Sanchez et al. 2018 galaxy CNN | (B, 69, 69, 3) images |
+| `alexnet`  | AlexNet-style CNN (Schneider et al. 2023)| (B, H, W, C) images   |
+| `mlp`      | Kim et al. 2021 UPSILoN-T MLP            | (B, 16) features      |
+"""
+
+import dataclasses
+
+from astrotl.models.cnn1d import CNN1D
+from astrotl.models.cnn2d import AlexNet, CNN2D
+from astrotl.models.mlp import MLP
+from astrotl.models.resnet1d import ResNet1D
+
+REGISTRY = {
+    "cnn1d": CNN1D,
+    "resnet1d": ResNet1D,
+    "cnn2d": CNN2D,
+    "alexnet": AlexNet,
+    "mlp": MLP,
+}
+
+
+def get(name: str, **cfg):
+  """Builds model `name` with config overrides `cfg` (unknown keys are an error)."""
+  if name not in REGISTRY:
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
+  cls = REGISTRY[name]
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  unknown = sorted(set(cfg) - fields)
+  if unknown:
+    raise ValueError(f"model {name!r} has no config field(s) {unknown}; fields: {sorted(fields)}")
+  cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+  return cls(**cfg)

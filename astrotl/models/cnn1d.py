@@ -1,0 +1,63 @@
+"""The 1D CNN of Tan et al. (2023) for LAMOST white-dwarf search.
+
+Parameter paths (default config)::
+
+    block_0 .. block_7   each {conv/kernel, conv/bias, bn/scale, bn/bias} (+ batch_stats bn/mean, bn/var)
+    dense                flatten -> LeakyReLU -> Dense(1024)
+    head                 Dense(num_classes), logits (no softmax)
+
+Each block is conv(1 x k, VALID) -> BatchNorm -> LeakyReLU(0.01) -> max-pool(2) with
+strides alternating 1, 2.  An input of 3700 pixels leaves 219 x 60 features.
+
+Layout note for imported PyTorch weights: Tan et al. flatten channel-major (c * 219 + w);
+Flax flattens position-major (w * 60 + c).  `astrotl.io.weights` permutes the rows of
+`dense/kernel` accordingly.
+
+The last convolutional feature map is passed through `self.perturb("features", ...)`
+so that `astrotl.explain` can take gradients with respect to it (Grad-CAM); it is a
+no-op unless a `perturbations` collection is supplied.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class ConvBlock1D(nn.Module):
+  features: int
+  kernel: int
+  pool_stride: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(self.features, (self.kernel,), padding="VALID", name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
+    x = nn.leaky_relu(x, 0.01)
+    return nn.max_pool(x, (2,), strides=(self.pool_stride,), padding="VALID")
+
+
+class CNN1D(nn.Module):
+  """Tan et al. 2023 1D CNN.  Input (batch, length) or (batch, length, 1)."""
+
+  num_classes: int = 7
+  channels: Sequence[int] = (10, 10, 20, 30, 40, 50, 60, 60)
+  kernels: Sequence[int] = (1, 2, 3, 4, 5, 7, 8, 9)
+  pool_strides: Sequence[int] = (1, 2, 1, 2, 1, 2, 1, 2)
+  dense_width: int = 1024
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if not (len(self.channels) == len(self.kernels) == len(self.pool_strides)):
+      raise ValueError("cnn1d: channels, kernels and pool_strides must have the same length, got "
+                       f"{len(self.channels)}, {len(self.kernels)}, {len(self.pool_strides)}")
+    x = jnp.asarray(x, self.dtype)
+    if x.ndim == 2:
+      x = x[..., None]
+    for i, (c, k, s) in enumerate(zip(self.channels, self.kernels, self.pool_strides)):
+      x = ConvBlock1D(c, k, s, name=f"block_{i}")(x, train)
+    x = self.perturb("features", x)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.Dense(self.dense_width, name="dense")(nn.leaky_relu(x, 0.01))
+    return nn.Dense(self.num_classes, name="head")(x)

@@ -1,0 +1,1 @@
+"""Pure numpy preprocessing: spectra, variability features, images."""
