@@ -1,0 +1,117 @@
+"""Checkpoints (the only module that imports orbax).
+
+A workdir holds `checkpoints/<step>/` written by an orbax CheckpointManager: the train
+state (params, batch_stats, opt_state, step, rng) plus a small JSON record.  Saves are
+synchronous, so a process killed with SIGKILL leaves at worst an unfinished temporary
+directory, which orbax ignores.  A checkpoint that fails to restore is reported by
+path and the next older one is tried.
+"""
+
+import json
+import logging
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+def _manager(directory, keep=None, read_only=False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
+                                         create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+
+
+class Checkpointer:
+  """Saves and restores train states under `workdir/checkpoints`."""
+
+  def __init__(self, workdir, keep: int = 3):
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self._mngr = _manager(self.directory, keep=keep)
+
+  def steps(self) -> list[int]:
+    self._mngr.reload()
+    return sorted(self._mngr.all_steps())
+
+  def save(self, step: int, state, record: dict | None = None) -> None:
+    args = {"state": ocp.args.StandardSave(state)}
+    if record is not None:
+      args["record"] = ocp.args.JsonSave(record)
+    self._mngr.save(step, args=ocp.args.Composite(**args), force=True)
+    self._mngr.wait_until_finished()
+
+  def restore_latest(self, template):
+    """(step, state, record) of the newest restorable checkpoint, or None if there is none.
+
+    Corrupt or truncated checkpoints are logged with their path and skipped.
+    """
+    errors = []
+    for step in reversed(self.steps()):
+      try:
+        return (step,) + self._restore(step, template)
+      except Exception as e:  # orbax raises many types for damaged files
+        path = self.directory / str(step)
+        logging.warning("checkpoint %s is unreadable (%s: %s); moved to %s.corrupt, trying an "
+                        "older one", path, type(e).__name__, e, path)
+        errors.append(f"{path}: {type(e).__name__}: {e}")
+        self._set_aside(path)
+    if errors:
+      raise CheckpointError("no restorable checkpoint in %s:\n  %s" % (self.directory, "\n  ".join(errors)))
+    return None
+
+  def _set_aside(self, path):
+    # Keep the damaged files for inspection, out of the way of the step that will be
+    # written again when training passes that step.
+    if jax.process_index() == 0 and path.exists():
+      target = path.with_name(path.name + ".corrupt")
+      n = 1
+      while target.exists():
+        target = path.with_name(f"{path.name}.corrupt{n}")
+        n += 1
+      path.rename(target)
+    self._mngr.reload()
+
+  def _restore(self, step, template):
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
+    return out["state"], out.get("record")
+
+  def close(self):
+    self._mngr.close()
+
+
+def load_variables(path) -> dict:
+  """{'params': ..., 'batch_stats': ...} as numpy from a checkpoint, for `init_from`.
+
+  `path` may be a workdir, its `checkpoints/` directory (newest step is used) or one
+  step directory.  No template is needed: the tree is read as saved.
+  """
+  path = pathlib.Path(path).absolute()
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  if not path.exists():
+    raise CheckpointError(f"{path}: no such checkpoint (init_from must be a workdir, its "
+                          "checkpoints/ directory or a step directory)")
+  step_dir = path
+  if not (path / "state").exists():
+    mngr = _manager(path, read_only=True)
+    steps = sorted(mngr.all_steps())
+    if not steps:
+      raise CheckpointError(f"{path}: no checkpoint steps found")
+    step_dir = path / str(steps[-1])
+  try:
+    tree = ocp.StandardCheckpointer().restore(step_dir / "state")
+  except Exception as e:
+    raise CheckpointError(f"{step_dir}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+  tree = jax.tree.map(np.asarray, tree)
+  return {k: tree[k] for k in ("params", "batch_stats") if k in tree and tree[k] is not None}
+
+
+def read_record(step_dir) -> dict:
+  with open(pathlib.Path(step_dir) / "record" / "metadata") as f:
+    return json.load(f)

@@ -1,0 +1,114 @@
+"""Devices and hosts: the data-parallel mesh, batch sharding, jax.distributed start-up.
+
+One mesh with a single `data` axis over all devices of all processes.  Batches are
+global arrays sharded on `data`; parameters are replicated.  Each process feeds only
+its own rows of every global batch (`process_rows`), so the global batch, and therefore
+the training run, is the same whatever the number of processes or devices.
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+_initialized = False
+
+
+def initialize(distributed: bool = False, coordinator_address=None, num_processes=None,
+               process_id=None):
+  """Calls jax.distributed.initialize() once when `distributed` is set.
+
+  With no explicit arguments JAX auto-detects SLURM (inside srun) and Cloud TPU; on a
+  plain host pass the coordinator (e.g. 127.0.0.1:12345), process count and id, or set
+  ASTROTL_COORDINATOR / ASTROTL_NUM_PROCESSES / ASTROTL_PROCESS_ID (launch/local.sh does).
+  """
+  global _initialized
+  if not distributed or _initialized:
+    return
+  coordinator_address = coordinator_address or os.environ.get("ASTROTL_COORDINATOR")
+  if num_processes is None and "ASTROTL_NUM_PROCESSES" in os.environ:
+    num_processes = int(os.environ["ASTROTL_NUM_PROCESSES"])
+  if process_id is None and "ASTROTL_PROCESS_ID" in os.environ:
+    process_id = int(os.environ["ASTROTL_PROCESS_ID"])
+  kwargs = {}
+  if coordinator_address:
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                  process_id=process_id)
+  jax.distributed.initialize(**kwargs)
+  _initialized = True
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-axis `data` mesh over `devices` (default: every device of every process).
+
+  Auto axis types: under Explicit axes integer-label losses fail to differentiate on
+  sharded labels (STYLE.md).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def data_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def replicate(tree, mesh):
+  """Places a host pytree (same values on every process) replicated on the mesh."""
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      tree)
+
+
+def local_devices_in(mesh) -> int:
+  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def process_rows(global_batch: int, mesh) -> slice:
+  """Rows of a global batch this process feeds (contiguous, in process order)."""
+  n_dev = mesh.devices.size
+  if global_batch % n_dev:
+    raise ValueError(f"batch size {global_batch} must be a multiple of the device count {n_dev}")
+  per_device = global_batch // n_dev
+  first = sum(1 for d in mesh.devices.flat if d.process_index < jax.process_index())
+  return slice(first * per_device, (first + local_devices_in(mesh)) * per_device)
+
+
+def shard_batch(local_batch, mesh, global_batch: int):
+  """Global arrays sharded on `data` from this process's rows (a pytree of numpy)."""
+  sharding = data_sharding(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x, (global_batch,) + x.shape[1:])
+
+  return jax.tree.map(put, local_batch)
+
+
+def pad_rows(batch: dict, size: int):
+  """Pads every array in `batch` to `size` rows (repeating row 0); returns (batch, valid)."""
+  n = len(next(iter(batch.values())))
+  if n > size:
+    raise ValueError(f"batch of {n} rows does not fit in {size}")
+  valid = np.zeros(size, bool)
+  valid[:n] = True
+  if n == size:
+    return batch, valid
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    pad = np.repeat(v[:1] if n else np.zeros((1,) + v.shape[1:], v.dtype), size - n, axis=0)
+    out[k] = np.concatenate([v, pad], axis=0)
+  return out, valid
+
+
+def to_host(x) -> np.ndarray:
+  """Gathers a (possibly multi-process) global array to a numpy array on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
