@@ -185,8 +185,8 @@ class Simulator:
 
   # --- noisy spectra ----------------------------------------------------------------------
 
-  def batch(self, teff, logg, snr, rng, rv=0.0, ivar_template=None, companion=None,
-            companion_mask=None, companion_ratio=0.0, flux_level=100.0,
+  def batch(self, teff, logg, snr, rng, ivar_template=None, companion=None,
+            companion_ratio=0.0, rv=0.0, companion_mask=None, flux_level=100.0,
             response_sigma=0.1):
     """Noisy spectra for given parameters, each broadcast to (n,).
 
@@ -256,7 +256,7 @@ class Simulator:
     return np.where(good, 1.0 / np.sqrt(np.where(good, tmpl, 1.0)), np.nan)
 
   def spectrum(self, teff, logg, snr, rng, ivar_template=None, companion=None,
-               companion_mask=None, companion_ratio=0.0, rv=0.0, flux_level=100.0,
+               companion_ratio=0.0, rv=0.0, companion_mask=None, flux_level=100.0,
                response_sigma=0.1):
     """One noisy spectrum -> (flux, ivar, mask), each (npix,)."""
     out = self.batch(teff, logg, snr, rng, rv=rv, ivar_template=ivar_template,
