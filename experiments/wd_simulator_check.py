@@ -148,7 +148,7 @@ def main(argv):
 
   fit_sim = simulate.Simulator(resolution=FLAGS.sdss_resolution)
   teffs = np.exp(np.linspace(np.log(6000), np.log(90000), 140))
-  loggs = np.arange(7.0, 9.0001, 0.05)
+  loggs = np.round(np.arange(7.0, 9.0001, 0.05), 2)
   chi2, teff, logg = fit_parameters(fit_sim, wave, flux, ivar, mask, teffs, loggs)
   rv, _ = fit_rv(fit_sim, wave, flux, ivar, mask, teff, logg, np.arange(-150.0, 150.1, 5.0))
   chi2, teff, logg = fit_parameters(fit_sim, wave, flux, ivar, mask, teffs, loggs, rv)

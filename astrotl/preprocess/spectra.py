@@ -1,7 +1,9 @@
 """Spectra on the common log-linear wavelength grid.
 
 The grid is LAMOST's: log10(lambda / Angstrom) = LOGLAM0 + DLOGLAM * i, i = 0 .. NPIX-1,
-which spans 3699.98 - 9099.6 Angstrom.
+which spans 3699.98 - 9099.6 Angstrom.  Also here: resampling onto it, the Tan and
+continuum normalisations (numpy or jax.numpy through an `xp` argument), and the
+LAMOST class-label mapping.
 """
 
 import numpy as np
