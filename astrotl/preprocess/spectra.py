@@ -40,34 +40,55 @@ def resample(loglam, flux, ivar, mask=None, npix: int = NPIX):
   Returns:
     (flux, ivar, mask) on the grid, float32/float32/bool, shape (..., npix).
   """
-  loglam = np.asarray(loglam, np.float64)
-  flux = np.asarray(flux, np.float64)
-  ivar = np.asarray(ivar, np.float64)
-  bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar <= 0)
+  return resample_pixels(grid_pixels(loglam), flux, ivar, mask, npix)
+
+
+def grid_pixels(loglam) -> np.ndarray:
+  """Position of each input pixel on the common grid, in grid pixels (float64 -> float32).
+
+  Computed in float64 and offset to the grid's start, so the float32 result keeps
+  ~1e-4 pixel precision: this is what the scan sends to the device.
+  """
+  return ((np.asarray(loglam, np.float64) - LOGLAM0) / DLOGLAM).astype(np.float32)
+
+
+def resample_pixels(u, flux, ivar, mask=None, npix: int = NPIX, xp=np):
+  """`resample` with input positions `u` in grid pixels (see `grid_pixels`).
+
+  Works on numpy or, with xp=jax.numpy, inside jit; padded input rows are fine as long
+  as the padding continues `u` upwards and is masked.
+  """
+  f32 = xp.float32
+  u = xp.asarray(u, f32)
+  flux = xp.asarray(flux, f32)
+  ivar = xp.asarray(ivar, f32)
+  bad = ~xp.isfinite(flux) | ~xp.isfinite(ivar) | (ivar <= 0)
   if mask is not None:
-    bad |= np.asarray(mask, bool)
-  if flux.ndim == 1:
-    return _resample_one(loglam, flux, ivar, bad, npix)
-  out = [_resample_one(l, f, i, b, npix) for l, f, i, b in zip(loglam, flux, ivar, bad)]
-  return tuple(np.stack(x) for x in zip(*out))
-
-
-def _resample_one(loglam, flux, ivar, bad, npix):
-  grid = loglam_grid(npix)
-  n = loglam.shape[0]
-  pos = np.interp(grid, loglam, np.arange(n, dtype=np.float64), left=-1.0, right=-1.0)
-  outside = (grid < loglam[0]) | (grid > loglam[-1]) | (pos < 0)
-  lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
-  hi = np.clip(lo + 1, 0, n - 1)
-  w = np.clip(pos - lo, 0.0, 1.0)
-  f = np.where(bad, 0.0, flux)
-  v = np.where(bad, 0.0, ivar)
-  out_flux = (1 - w) * f[lo] + w * f[hi]
-  out_ivar = (1 - w) * v[lo] + w * v[hi]
-  out_bad = outside | (bad[lo] & (w < 1.0)) | (bad[hi] & (w > 0.0))
-  out_flux = np.where(out_bad, 0.0, out_flux)
-  out_ivar = np.where(out_bad, 0.0, out_ivar)
-  return out_flux.astype(np.float32), out_ivar.astype(np.float32), out_bad
+    bad = bad | xp.asarray(mask, bool)
+  shape = flux.shape
+  n = shape[-1]
+  u2, f2, v2, b2 = (a.reshape(-1, n) for a in (u, flux, ivar, bad))
+  grid = xp.arange(npix, dtype=f32)
+  idx = xp.arange(n, dtype=f32)
+  if xp is np:
+    pos = np.stack([np.interp(grid, row, idx, left=-1.0, right=-1.0) for row in u2]).astype(f32)
+  else:
+    import jax
+    pos = jax.vmap(lambda row: xp.interp(grid, row, idx, left=-1.0, right=-1.0))(u2)
+  outside = (grid[None] < u2[:, :1]) | (grid[None] > u2[:, -1:]) | (pos < 0)
+  lo = xp.clip(xp.floor(pos).astype(xp.int32), 0, n - 1)
+  hi = xp.clip(lo + 1, 0, n - 1)
+  w = xp.clip(pos - lo.astype(f32), 0.0, 1.0)
+  f = xp.where(b2, 0.0, f2)
+  v = xp.where(b2, 0.0, v2)
+  take = lambda a, i: xp.take_along_axis(a, i, axis=1)
+  out_flux = (1 - w) * take(f, lo) + w * take(f, hi)
+  out_ivar = (1 - w) * take(v, lo) + w * take(v, hi)
+  out_bad = outside | (take(b2, lo) & (w < 1.0)) | (take(b2, hi) & (w > 0.0))
+  out_flux = xp.where(out_bad, 0.0, out_flux).astype(f32)
+  out_ivar = xp.where(out_bad, 0.0, out_ivar).astype(f32)
+  out_shape = shape[:-1] + (npix,)
+  return out_flux.reshape(out_shape), out_ivar.reshape(out_shape), out_bad.reshape(out_shape)
 
 
 # --- labels ----------------------------------------------------------------------------
