@@ -322,3 +322,24 @@ def test_resample_real_pilot_spectrum_is_identity_on_its_own_grid(lrs_rows):
   assert good.sum() > 0.8 * n
   np.testing.assert_allclose(flux[:n][good], s.flux[good], rtol=1e-5, atol=1e-6)
   assert mask[n:].all()
+
+
+# --- the bundled sample ---------------------------------------------------------------------
+
+def test_bundled_sample_reads_and_covers_every_layout():
+  import hashlib
+
+  from astrotl import data
+
+  rows = data.sample_index()
+  assert 50 <= len(rows) <= 70
+  assert sum(r["path"].stat().st_size for r in rows) < 3_000_000
+  letters, layouts = set(), set()
+  for row in rows:
+    assert hashlib.sha256(row["path"].read_bytes()).hexdigest() == row["sha256"], row["file"]
+    s = lamost.read(row["path"])
+    assert s.meta["subclass"] == row["subclass"] and s.flux.shape[0] == int(row["npix"])
+    letters.add(spectra.spectral_letter(row["subclass"]))
+    layouts.add(row["layout"])
+  assert {"A", "F", "G", "K", "M"} <= letters
+  assert layouts == {"image-subcontinuum", "image-wavelength", "coadd-table"}
