@@ -35,8 +35,8 @@ def _build(tmp_path, config, **kwargs):
 
 
 def _all_splits(tmp_path, name):
-  return {split: as_numpy(name, split, str(tmp_path / "tfds"))
-          for split in ("train", "validation", "test")}
+  info = tfds.builder(name, data_dir=str(tmp_path / "tfds")).info
+  return {split: as_numpy(name, split, str(tmp_path / "tfds")) for split in info.splits}
 
 
 def test_sample_builds_offline_and_round_trips(tmp_path, no_network):
@@ -166,3 +166,25 @@ def test_package_never_refers_to_shared_data():
   for path in (REPO / "astrotl").rglob("*.py"):
     text = path.read_text()
     assert "/work/shared" not in text and "../shared" not in text, path
+
+
+def test_command_line_builds_the_sample(tmp_path, capsys):
+  from astrotl.datasets.lamost_lrs.__main__ import main
+
+  builder = main(["--config=sample", f"--data_dir={tmp_path}"])
+  assert sum(s.num_examples for s in builder.info.splits.values()) == len(data.sample_index())
+  assert "unreadable files skipped: 0" in capsys.readouterr().out
+
+
+def test_mirror_with_beam(shared_data, tmp_path):
+  pytest.importorskip("apache_beam")  # optional extra `beam`; not installed in CI
+  from astrotl.datasets.lamost_lrs.__main__ import main
+
+  root = tmp_path / "mirror"
+  rows = _mirror(shared_data, root, n=12)
+  builder = main(["--config=mirror", f"--manual_dir={root}", f"--data_dir={tmp_path / 'tfds'}",
+                  "--beam_options=runner=DirectRunner"])
+  assert builder.info.metadata["unreadable_files"] == 1
+  splits = _all_splits(tmp_path, "lamost_lrs/mirror")
+  files = sorted(np.concatenate([s["file"] for s in splits.values()]))
+  assert files == sorted(pathlib.Path(r["combined_file"]).name for r in rows[1:])

@@ -15,9 +15,11 @@ and test, and adding files never moves an old one: the key is the designation wh
 known before reading (sample index or mirror catalog), else the obsid, else the file name.
 Unreadable mirror files are logged and skipped; their number is in the dataset metadata.
 
-Build the mirror with Beam when it is large:
-  tfds build astrotl/datasets/lamost_lrs --config=mirror --manual_dir=DIR \\
-    --beam_pipeline_options="runner=DirectRunner,direct_num_workers=16"
+Build it with `python -m astrotl.datasets.lamost_lrs` (the `tfds build` command itself
+imports TensorFlow); a large mirror can be built with Apache Beam (extra `beam`):
+  python -m astrotl.datasets.lamost_lrs --config=mirror --manual_dir=DIR --data_dir=OUT \\
+    --beam_options=runner=DirectRunner,direct_num_workers=16,direct_running_mode=multi_processing
+`tfds build ... --beam_pipeline_options=...` works the same where TensorFlow is installed.
 """
 
 import hashlib
@@ -240,6 +242,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         download_config.beam_options is not None or download_config.beam_runner is not None)
     return super()._download_and_prepare(dl_manager, download_config)
 
+  def _process_pipeline_result(self, pipeline_result):
+    # With Beam the skips happen in workers; their counter is the only record of them.
+    if pipeline_result is None:
+      return
+    from apache_beam.metrics.metric import MetricsFilter
+
+    query = MetricsFilter().with_namespace("lamost_lrs").with_name("unreadable_files")
+    counters = pipeline_result.metrics().query(query)["counters"]
+    count = sum((c.committed if c.committed is not None else c.attempted) or 0 for c in counters)
+    self.info.metadata["unreadable_files"] = int(count)
+    log.info("skipped %d unreadable files", count)
+
   def _split_generators(self, dl_manager):
     if self.builder_config.name == "sample":
       sources = sample_sources()
@@ -248,6 +262,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     by_split = {name: [] for name, _ in SPLITS}
     for source in sources:
       by_split[split_of(source.split_key)].append(source)
+    # TFDS refuses empty splits; a small mirror may have none for validation or test.
+    for name in [n for n, items in by_split.items() if not items]:
+      log.warning("split %s has no files and is left out", name)
+      del by_split[name]
     self.info.metadata["unreadable_files"] = 0
     if self._use_beam:
       import apache_beam as beam
