@@ -343,3 +343,25 @@ def test_bundled_sample_reads_and_covers_every_layout():
     layouts.add(row["layout"])
   assert {"A", "F", "G", "K", "M"} <= letters
   assert layouts == {"image-subcontinuum", "image-wavelength", "coadd-table"}
+
+
+def test_damaged_headers_and_data_never_escape_as_other_errors(lrs_rows, tmp_path):
+  rng = np.random.default_rng(1)
+  sources = [_real_gz(lrs_rows, folder) for folder in ("lamost_dr1", "lamost_dr8v1", "lamost_dr9")]
+  outcomes = {"read": 0, "rejected": 0}
+  for i in range(150):
+    raw = bytearray(gzip.decompress(sources[i % 3].read_bytes()))
+    # Overwrite a few characters of header values (or a few data bytes) with junk.
+    region = 11520 if i % 2 else len(raw)
+    for pos in rng.integers(0, region, size=rng.integers(1, 6)):
+      raw[pos] = int(rng.choice(list(b"0123456789 -.=/'ABXZ\x00\xff")))
+    path = tmp_path / f"spec-fuzz-{i}.fits"
+    path.write_bytes(bytes(raw))
+    try:
+      s = lamost.read(path)
+      assert s.flux.shape == s.ivar.shape == s.mask.shape == s.wavelength.shape
+      outcomes["read"] += 1
+    except SpectrumError as e:
+      assert str(path) in str(e)
+      outcomes["rejected"] += 1
+  assert outcomes["read"] > 10 and outcomes["rejected"] > 10, outcomes

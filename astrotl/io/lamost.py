@@ -136,10 +136,13 @@ def _decode(path, fast):
   if not fast:
     return _with_astropy(os.fspath(path), path)
   buf = fitsraw.load(path)
-  hdus = fitsraw.hdus(buf, path)
   try:
-    return _parts(hdus, path)
-  except fitsraw.Unsupported:
+    return _parts(fitsraw.hdus(buf, path), path)
+  except SpectrumError:
+    raise
+  except (fitsraw.Unsupported, ValueError, TypeError, KeyError, IndexError, OverflowError):
+    # Something the direct parser does not handle (or a header it cannot make sense of):
+    # astropy decides, and its failures become SpectrumError too.
     return _with_astropy(io.BytesIO(buf), path)
 
 
@@ -246,8 +249,11 @@ def _table_layout(table, path):
 def _coeffs(header, path):
   c0 = header.get("COEFF0", header.get("CRVAL1"))
   c1 = header.get("COEFF1", header.get("CD1_1"))
-  if not isinstance(c0, (int, float)) or not isinstance(c1, (int, float)) or not c1 > 0:
+  if not isinstance(c0, (int, float)) or not isinstance(c1, (int, float)):
     raise SpectrumError(path, "no wavelength row and no usable COEFF0/COEFF1 keywords")
+  # log10 of an optical/near-IR wavelength in Angstrom, and a sane dispersion.
+  if not (2.5 < c0 < 5.0 and 0 < c1 < 0.01):
+    raise SpectrumError(path, f"COEFF0/COEFF1 = {c0}/{c1} is not a log10-Angstrom grid")
   return float(c0), float(c1)
 
 
