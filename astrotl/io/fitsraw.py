@@ -4,7 +4,8 @@ It parses 2880-byte header blocks of 80-character cards and maps the data straig
 into numpy.  It covers primary/IMAGE HDUs (with BSCALE/BZERO) and BINTABLE HDUs with
 fixed-width numeric columns.  Anything else raises `Unsupported`, and callers fall back
 to astropy; malformed files raise `SpectrumError`.  It exists because astropy's generic
-machinery costs ~1.4 ms per LAMOST file, and the survey scan reads 11 million of them.
+machinery costs ~1.2 ms per LAMOST file (3x this reader), and the survey scan reads
+11 million of them.
 """
 
 import zlib

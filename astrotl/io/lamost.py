@@ -15,10 +15,10 @@ Conventions of the returned Spectrum:
               the DR1 grid from COEFF0/COEFF1 in float32 would shift red pixels by ~1e-3 A.
   mask        True = bad: ivar <= 0, flux or ivar non-finite, or ANDMASK != 0.  In the
               real files every ANDMASK pixel already has ivar = 0; ORing it in anyway means a
-              pipeline flag is never silently trusted.  ORMASK (set in any exposure) is not
-              used: it flags pixels that are fine in the coadd.
+              pipeline flag is never silently trusted.  ORMASK is not used: it flags pixels bad in
+              any single exposure, which the coadd may still measure well.
 
-The default path parses the FITS bytes directly (astrotl.io.fitsraw), ~4x faster than
+The default path parses the FITS bytes directly (astrotl.io.fitsraw), ~3x faster than
 astropy, and falls back to astropy for anything it does not recognise.  `fast=False`
 reads with astropy only; both give identical arrays.
 """
