@@ -1,57 +1,123 @@
-"""Catalogs: the LAMOST general catalog (CSV / FITS), known-object lists, cross-match.
+"""Catalogs: the LAMOST general catalog and extracts of it (CSV / FITS), known-object
+lists, and the sky cross-match.
 
-Column names differ between releases and between the tables users make, so columns
-are found by case-insensitive aliases (`combined_file`, `filename`, `ra_obs`, ...);
-every function that looks one up takes an explicit override, and a missing column
-is an error that lists the columns the file does have.
+Columns are read as plain numpy arrays.  Names are lower-cased and a leading
+'combined_' is dropped (LAMOST's joined catalogs prefix every column with it), and
+columns are then found by aliases (`file`, `filename`, `ra_obs`, ...).  Every lookup
+takes an explicit override, and a missing column is an error that lists the columns
+the file does have.
 """
 
+import gzip
+import os
 import pathlib
 
 import numpy as np
 
-PATH_ALIASES = ("path", "file", "filename", "combined_file", "fits_file", "spec_file", "fitsname")
-OBSID_ALIASES = ("obsid", "combined_obsid", "obs_id")
-RA_ALIASES = ("ra", "ra_obs", "combined_ra_obs", "combined_ra", "raj2000", "ra_deg", "plug_ra")
-DEC_ALIASES = ("dec", "dec_obs", "combined_dec_obs", "combined_dec", "dej2000", "decj2000",
-               "dec_deg", "plug_dec")
+from astrotl.io import SpectrumError
 
 
-class CatalogError(ValueError):
-  pass
+class CatalogError(SpectrumError):
+  """A catalog could not be read or lacks a needed column (path + reason)."""
+
+_TEXT_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz", ".tsv", ".tsv.gz", ".dat", ".dat.gz")
+_FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz")
+SUFFIXES = _TEXT_SUFFIXES + _FITS_SUFFIXES
+
+
+def column_name(name: str) -> str:
+  name = str(name).strip().lower()
+  return name[len("combined_"):] if name.startswith("combined_") else name
 
 
 def read_table(path) -> dict:
-  """{column name: numpy array} from a CSV (optionally .gz) or FITS table."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise CatalogError(f"{path}: no such catalog file")
-  name = path.name.lower()
-  try:
-    if name.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
-      from astropy.table import Table
-      t = Table.read(path, format="fits")
-    else:
-      from astropy.io import ascii as astro_ascii
-      t = astro_ascii.read(str(path), format="csv", fast_reader=True)
-  except Exception as e:
-    raise CatalogError(f"{path}: cannot read as a CSV or FITS table ({type(e).__name__}: {e})") from e
+  """Reads a CSV (',', '|' or tab separated, optionally gzipped) or FITS table.
+
+  Returns {column name: numpy array}; text columns are str arrays.  Raises
+  SpectrumError naming the file if it cannot be read.
+  """
+  name = os.fspath(path).lower()
+  if name.endswith(_FITS_SUFFIXES):
+    columns = _read_fits(path)
+  elif name.endswith(_TEXT_SUFFIXES):
+    columns = _read_text(path)
+  else:
+    raise CatalogError(path, f"not a catalog: expected one of {', '.join(SUFFIXES)}")
   out = {}
-  for col in t.colnames:
-    values = t[col]
-    if hasattr(values, "filled"):
-      values = values.filled(np.nan if values.dtype.kind == "f" else "")
-    out[col] = np.asarray(values)
-  if not out or len(next(iter(out.values()))) == 0:
-    raise CatalogError(f"{path}: the table has no rows")
+  for key, values in columns.items():
+    key = column_name(key)
+    if key and key not in out:
+      out[key] = values
+  if not out:
+    raise CatalogError(path, "catalog has no columns")
   return out
+
+
+def _read_text(path):
+  import pyarrow
+  import pyarrow.csv
+
+  opener = gzip.open if os.fspath(path).lower().endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      first = f.readline(65536)
+  except (OSError, EOFError) as e:
+    raise CatalogError(path, f"cannot read catalog: {e}") from None
+  delimiter = max((",", "|", "\t"), key=lambda d: first.count(d.encode()))
+  try:
+    table = pyarrow.csv.read_csv(os.fspath(path),
+                                 parse_options=pyarrow.csv.ParseOptions(delimiter=delimiter))
+  except (OSError, pyarrow.ArrowException) as e:
+    raise CatalogError(path, f"cannot parse catalog: {e}") from None
+  out = {}
+  for name, column in zip(table.column_names, table.columns):
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype == object:
+      values = np.array(["" if v is None else str(v) for v in values], dtype=str)
+    out[name] = values
+  return out
+
+
+def _read_fits(path):
+  from astropy.io import fits
+
+  try:
+    with fits.open(path, memmap=False) as hdul:
+      table = next((h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))), None)
+      if table is None:
+        raise CatalogError(path, "FITS catalog has no table HDU")
+      data = table.data
+      out = {}
+      for name in table.columns.names:
+        values = np.asarray(data[name])
+        if values.dtype.kind == "S":
+          values = np.char.strip(np.char.decode(values, "ascii", "replace"))
+        out[name] = values.astype(values.dtype.newbyteorder("="))
+      return out
+  except SpectrumError:
+    raise
+  except Exception as e:  # astropy raises many exception types for damaged files
+    raise CatalogError(path, f"cannot read FITS catalog ({type(e).__name__}: {e})") from None
+
+
+def lamost_filename(lmjd, planid, spid, fiberid) -> str:
+  """The archive name of an LRS spectrum: spec-LMJD-PLANID_spSS-FFF.fits (no .gz)."""
+  return f"spec-{int(float(lmjd))}-{str(planid).strip()}_sp{int(float(spid)):02d}-" \
+         f"{int(float(fiberid)):03d}.fits"
+
+
+PATH_ALIASES = ("path", "file", "filename", "fits_file", "spec_file", "fitsname")
+OBSID_ALIASES = ("obsid", "obs_id")
+RA_ALIASES = ("ra", "ra_obs", "raj2000", "ra_deg", "plug_ra")
+DEC_ALIASES = ("dec", "dec_obs", "dej2000", "decj2000", "dec_deg", "plug_dec")
 
 
 def find_column(table: dict, aliases, path="catalog", what="column", override=None):
   """Name of the first column matching `aliases` (case-insensitive), or `override`."""
   if override:
+    override = column_name(override)
     if override not in table:
-      raise CatalogError(f"{path}: no column {override!r}; columns are {sorted(table)}")
+      raise CatalogError(path, f"no column {override!r}; columns are {sorted(table)}")
     return override
   lower = {c.lower(): c for c in table}
   for a in aliases:
@@ -63,7 +129,7 @@ def find_column(table: dict, aliases, path="catalog", what="column", override=No
 def require_column(table, aliases, path, what, flag, override=None):
   col = find_column(table, aliases, path, what, override)
   if col is None:
-    raise CatalogError(f"{path}: no {what} column (looked for {', '.join(aliases)}); "
+    raise CatalogError(path, f"no {what} column (looked for {', '.join(aliases)}); "
                        f"columns are {sorted(table)}; name it with {flag}")
   return col
 
@@ -71,7 +137,7 @@ def require_column(table, aliases, path, what, flag, override=None):
 def lamost_relative_path(obsdate, planid, lmjd, spid, fiberid) -> str:
   """LAMOST archive layout: YYYYMMDD/PLANID/spec-LMJD-PLANID_spSS-FFF.fits.gz."""
   day = str(obsdate).replace("-", "")[:8]
-  return f"{day}/{planid}/spec-{int(float(lmjd))}-{planid}_sp{int(float(spid)):02d}-{int(float(fiberid)):03d}.fits.gz"
+  return f"{day}/{str(planid).strip()}/{lamost_filename(lmjd, planid, spid, fiberid)}.gz"
 
 
 def spectrum_paths(catalog_path, root=None, path_column=None) -> tuple[list[str], dict]:
@@ -86,10 +152,10 @@ def spectrum_paths(catalog_path, root=None, path_column=None) -> tuple[list[str]
     rel = [str(v).strip() for v in table[col]]
   else:
     need = ("obsdate", "planid", "lmjd", "spid", "fiberid")
-    lower = {c.lower(): c for c in table}
+    lower = {c: c for c in table}
     missing = [n for n in need if n not in lower]
     if missing:
-      raise CatalogError(f"{catalog_path}: no file-path column ({', '.join(PATH_ALIASES)}) and "
+      raise CatalogError(catalog_path, f"no file-path column ({', '.join(PATH_ALIASES)}) and "
                          f"cannot build LAMOST paths: missing {missing}; columns are "
                          f"{sorted(table)}; name the path column with --path_column")
     cols = [table[lower[n]] for n in need]
