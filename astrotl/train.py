@@ -249,6 +249,19 @@ def _evaluate(model, variables, split, config, mesh, predict_fn):
   return result
 
 
+def _num_rows(split) -> int:
+  return len(split["x"]) if isinstance(split, dict) else len(split)
+
+
+def _take(split, idx) -> dict:
+  """Rows `idx` of a split: a dict of arrays, or an object with `take(idx)` that reads
+  them on demand (e.g. `astrotl.datasets.Rows` over an array_record dataset), so each
+  process reads only its own rows and a big dataset never has to fit in memory."""
+  if isinstance(split, dict):
+    return {"x": np.asarray(split["x"][idx]), "y": np.asarray(split["y"][idx])}
+  return split.take(idx)
+
+
 @dataclasses.dataclass
 class FitResult:
   state: TrainState
@@ -259,8 +272,13 @@ class FitResult:
 
 
 def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) -> FitResult:
-  """Trains `config.model` on `data['train']` ({'x', 'y'} numpy), validating on
-  `data['validation']` when present.  Resumes from `workdir` if it has checkpoints."""
+  """Trains `config.model` on `data['train']`, validating on `data['validation']`.
+
+  A split is {'x', 'y'} numpy arrays, or (train only) an object with `__len__` and
+  `take(indices) -> {'x', 'y'}` such as `astrotl.datasets.Rows`.  Resumes from `workdir`
+  if it has checkpoints; the data position needs no saving, because the batch of step s
+  is a pure function of (seed, s).
+  """
   config = merged_config(config)
   mesh = mesh or parallel.make_mesh()
   workdir = pathlib.Path(workdir)
@@ -268,7 +286,7 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) 
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
   train = data["train"]
-  n_train = len(train["x"])
+  n_train = _num_rows(train)
   if n_train == 0:
     raise ValueError("fit: the training split is empty")
   if config.batch_size % mesh.devices.size:
@@ -276,7 +294,7 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) 
                      f"{mesh.devices.size} devices")
 
   model = build_model(config)
-  fresh = init_variables(model, train["x"][:1], config.seed)
+  fresh = init_variables(model, _take(train, np.arange(1))["x"], config.seed)
   variables = transfer_variables(config, fresh, pretrained)
   tx = make_optimizer(config, variables["params"])
   frozen = frozen_pattern(config, variables["params"])
@@ -319,8 +337,7 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) 
 
   for step in range(first, config.num_steps):
     idx = batch_indices(n_train, config.batch_size, step, config.seed)[rows]
-    local = {"x": np.asarray(train["x"][idx]), "y": np.asarray(train["y"][idx]),
-             "valid": np.ones(len(idx), bool)}
+    local = dict(_take(train, idx), valid=np.ones(len(idx), bool))
     state, m = step_fn(state, parallel.shard_batch(local, mesh, config.batch_size))
     done = step + 1
     if done % config.log_every == 0 or done == config.num_steps:
