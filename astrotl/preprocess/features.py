@@ -183,3 +183,36 @@ def extract(time, mag, err=None, min_period=periodogram.MIN_PERIOD) -> dict:
   out["slope_per10"] = np.percentile(slope, 10.0)
   out["slope_per90"] = np.percentile(slope, 90.0)
   return {k: float(out[k]) for k in FEATURES}
+
+
+def upsilont_inputs(features, preprocess) -> np.ndarray:
+  """UPSILoN-T network inputs (..., 16) from a features dict (scalars or arrays).
+
+  `preprocess` is the dict of `upsilont_preprocess.json` (see `astrotl.io.weights`):
+  features are taken in `feature_order`; those with a `log10_min_offsets["min_<name>"]`
+  become log10(x - min), where x - min == 0 becomes 1e-10 as in UPSILoN-T; then every
+  column is standardised, (x - norm_median) / norm_std.
+
+  One deliberate difference: UPSILoN-T gives NaN for x < min (log of a negative number);
+  here such values are treated like x == min (-> log10(1e-10)), so a curve slightly outside
+  the training range still gets a prediction.  NaN features stay NaN.
+  """
+  order = list(preprocess["feature_order"])
+  missing = [k for k in order if k not in features]
+  if missing:
+    raise KeyError(f"features dict lacks {missing}; UPSILoN-T needs {order}")
+  mins = preprocess["log10_min_offsets"]
+  cols = []
+  for name in order:
+    x = np.asarray(features[name], np.float64)
+    if "min_" + name in mins:
+      x = x - mins["min_" + name]
+      x = np.log10(np.where(x <= 0, 1e-10, x))
+    cols.append(x)
+  x = np.stack(cols, axis=-1)
+  return (x - np.asarray(preprocess["norm_median"])) / np.asarray(preprocess["norm_std"])
+
+
+# Re-exported here so that users find both paths in one module (import at the end: the
+# batched module uses FEATURES and MIN_POINTS from this one).
+from astrotl.preprocess.features_batch import REASONS, extract_batch  # noqa: E402,F401
