@@ -213,6 +213,10 @@ def upsilont_inputs(features, preprocess) -> np.ndarray:
   return (x - np.asarray(preprocess["norm_median"])) / np.asarray(preprocess["norm_std"])
 
 
-# Re-exported here so that users find both paths in one module (import at the end: the
-# batched module uses FEATURES and MIN_POINTS from this one).
-from astrotl.preprocess.features_batch import REASONS, extract_batch  # noqa: E402,F401
+def __getattr__(name):
+  # extract_batch and REASONS live in features_batch (which imports this module); they are
+  # reachable from here too, resolved lazily to avoid a circular import.
+  if name in ("extract_batch", "REASONS"):
+    from astrotl.preprocess import features_batch
+    return getattr(features_batch, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

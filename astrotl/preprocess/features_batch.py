@@ -136,20 +136,13 @@ def _fourier_sums(weight, outer, inner):
   return re.ravel(), im.ravel()
 
 
-def _power(y1r, y1i, w2r, w2i, n, var):
-  """Lomb power from sum y exp(i w t) and sum exp(2 i w t) (see `periodogram`)."""
-  hypo = jnp.hypot(w2r, w2i)
-  safe = jnp.where(hypo > 0, hypo, 1.0)
-  cos2 = jnp.where(hypo > 0, w2r / safe, 1.0)
-  sin2 = jnp.where(hypo > 0, w2i / safe, 0.0)
-  c = jnp.sqrt(0.5 * (1.0 + cos2))
-  s = jnp.sign(sin2) * jnp.sqrt(jnp.maximum(0.5 * (1.0 - cos2), 0.0))
-  yc = c * y1r + s * y1i
-  ys = c * y1i - s * y1r
-  cc = 0.5 * (n + hypo)
-  ss = n - cc
-  power = yc * yc / cc + jnp.where(ss > 0, ys * ys / jnp.where(ss > 0, ss, 1.0), 0.0)
-  return power / (2.0 * var)
+def _power(yr, yi, wr, wi, n, var):
+  """Lomb power from Y = sum y exp(i w t) and W = sum exp(2 i w t) (see `periodogram`)."""
+  num = n * (yr * yr + yi * yi) - ((yr * yr - yi * yi) * wr + 2.0 * yr * yi * wi)
+  den = n * n - (wr * wr + wi * wi)
+  # den -> 0 only if all 2 w t coincide mod 2 pi; then the power is |Y|^2 / (2 n var).
+  ok = den > 1e-6 * n * n
+  return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.5 * (yr * yr + yi * yi) / n) / var
 
 
 def _grid_power(tables, y, v, n, var):
@@ -168,11 +161,16 @@ def _best_frequency(tables, y, valid, nout):
   y = y.astype(jnp.float32)
   var = jnp.sum(y * y) / (n - 1)
   power = _grid_power(tables, y, valid.astype(jnp.float32), n, var)
-  j = jnp.arange(1, power.shape[0] + 1)
-  power = jnp.where(j <= nout, power, -jnp.inf)
-  # max, then the first index reaching it: two plain reductions, far faster on CPU than
-  # XLA's (value, index) argmax reduction.
-  return jnp.min(jnp.where(power == jnp.max(power), j, power.shape[0] + 1))
+  size = power.shape[0]
+  j = jnp.arange(1, size + 1)
+  power = jnp.where(j <= nout, power, -1.0)
+  # argmax as one max over int64 keys (power bits, then reversed index, so ties go to the
+  # lowest j): XLA fuses the power into each reduction that reads it, so max followed by
+  # an index search computes it twice, and its (value, index) argmax is slow on CPU.
+  # Non-negative float32 bit patterns sort like the numbers.
+  bits = jax.lax.bitcast_convert_type(power, jnp.int32).astype(jnp.int64)
+  key = jnp.max(bits * (1 << 32) + (size - j))
+  return size - (key & 0xFFFFFFFF)
 
 
 def _one_curve(time, mag, err, valid, swcoef, df, nout, tables):

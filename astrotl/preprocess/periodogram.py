@@ -57,20 +57,18 @@ def lomb_power(time, mag, df, nout, block=512):
   return _lomb_from_sums(s1, s2, n, var)
 
 
-def _lomb_from_sums(s1, s2, n, var):
-  hypo = np.abs(s2)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    cos2 = np.where(hypo > 0, s2.real / hypo, 1.0)
-    sin2 = np.where(hypo > 0, s2.imag / hypo, 0.0)
-  c = np.sqrt(0.5 * (1.0 + cos2))
-  s = np.sign(sin2) * np.sqrt(np.maximum(0.5 * (1.0 - cos2), 0.0))
-  yc = c * s1.real + s * s1.imag
-  ys = c * s1.imag - s * s1.real
-  cc = 0.5 * (n + hypo)                # sum cos^2 w(t - tau)
-  ss = n - cc                          # sum sin^2 w(t - tau)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    power = yc * yc / cc + np.where(ss > 0, ys * ys / ss, 0.0)
-  return power / (2.0 * var)
+def _lomb_from_sums(y, w, n, var):
+  """Lomb power from Y = sum y_c exp(i w t) and W = sum exp(2 i w t).
+
+  Rotating by tau turns Y into YC + i YS with (YC + i YS)^2 = Y^2 conj(W) / |W|, and
+  sum cos^2, sum sin^2 = (n +- |W|) / 2, which gives the tau-free form
+  P = (n |Y|^2 - Re(Y^2 conj(W))) / ((n^2 - |W|^2) var).
+  """
+  num = n * np.abs(y) ** 2 - np.real(y * y * np.conj(w))
+  den = n * n - np.abs(w) ** 2
+  # den -> 0 only if all 2 w t coincide mod 2 pi; then the power is |Y|^2 / (2 n var).
+  ok = den > 1e-12 * n * n
+  return np.where(ok, num / np.where(ok, den, 1.0), 0.5 * np.abs(y) ** 2 / n) / var
 
 
 def best_period(time, mag, min_period: float = MIN_PERIOD):
