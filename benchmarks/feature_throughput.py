@@ -94,7 +94,7 @@ def main():
                   default=pathlib.Path(os.environ.get("ASTROTL_SHARED_DATA",
                                                       HERE.parent.parent / "shared" / "data")))
   ap.add_argument("--band", default="r", choices=("r", "b"))
-  ap.add_argument("--chunk", type=int, default=16)
+  ap.add_argument("--chunk", type=int, default=8)
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--reference", type=int, default=100)
   ap.add_argument("--upsilon-python", default=None)

@@ -13,7 +13,7 @@ float64 reference only where two grid peaks tie to that level.  The statistics, 
 and the Fourier fit run in float64 (inside `jax.enable_x64`): folding survey dates
 (thousands of days, thousands of cycles) needs it.
 
-On CPU small chunks (8-16 curves) keep the matrix products in cache and are fastest;
+On CPU small chunks (8 curves) keep the matrix products in cache and are fastest;
 on a GPU use chunks of hundreds to thousands of curves.
 
 A bad curve does not stop the batch: its features are NaN and `reason` says why
@@ -31,6 +31,7 @@ from astrotl.preprocess.features import FEATURES, FOURIER_ORDER, MIN_POINTS
 
 REASONS = ("ok", "too_few_points", "non_finite", "zero_span", "constant_mag", "negative_err")
 OK, TOO_FEW_POINTS, NON_FINITE, ZERO_SPAN, CONSTANT_MAG, NEGATIVE_ERR = range(len(REASONS))
+SUB = 16   # phasor sub-block: block sizes and block counts are multiples of it
 
 
 def _reasons(time, mag, err, mask):
@@ -79,9 +80,6 @@ def _median(s, k):
   return 0.5 * (s[(k - 1) // 2] + s[k // 2])
 
 
-SUB = 16   # phasor sub-block: block sizes and block counts are multiples of it
-
-
 def _cis(t, mult, step):
   """(cos, sin) of 2 pi frac(mult step t) as float32, (len(t), len(mult)).
 
@@ -96,8 +94,8 @@ def _cis(t, mult, step):
 def _tables(t, df, nblocks, block):
   """Small sine/cosine tables from which every periodogram phasor is a product.
 
-  Frequency index j - 1 = J block + b with J = q SUB + r and b = u SUB + v, so
-  exp(i w_j t) = exp(i q SUB block dw t) exp(i r block dw t) exp(i u SUB dw t) exp(i (v+1) dw t).
+  With j - 1 = J block + b, J = q SUB + r, b = u SUB + v and e(x) = exp(2 pi i x t),
+  e(j df) = e(q SUB block df) e(r block df) e(u SUB df) e((v + 1) df).
   Only nblocks / SUB + block / SUB + 2 SUB sines and cosines are needed per point.
   They are returned from their own jit call: inside one computation XLA fuses the sines
   into the product that consumes them and recomputes them for every phasor.
@@ -255,7 +253,7 @@ def _batch(time, mag, err, mask, swcoef, df, nout, tables):
 
 
 def extract_batch(time, mag, err=None, mask=None, *, min_period=periodogram.MIN_PERIOD,
-                  chunk=16, block=256) -> dict:
+                  chunk=8, block=256) -> dict:
   """Features of B padded light curves.
 
   Args:
