@@ -199,12 +199,29 @@ def load_npz(path) -> dict:
 
 
 def load_torch(path) -> dict:
-  """name -> numpy array from a PyTorch `.pt` state dict (needs torch; tensors only)."""
+  """name -> numpy array from a PyTorch `.pt` file (needs torch; tensors only).
+
+  Takes a saved state dict, or a whole pickled module (`torch.save(model)`, as Tan et
+  al. published their networks).  A module pickle is read without running its code:
+  every class other than torch's tensor rebuilders is replaced by an inert stand-in,
+  and the parameters and buffers are collected from the stand-ins' `_parameters`,
+  `_buffers` and `_modules`, named as `model.state_dict()` would name them.
+  """
   try:
     import torch
   except ImportError as e:
     raise ImportError(f"reading {path} needs PyTorch: pip install astrotl[torch]") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # weights_only refuses module pickles; read those inertly
+    try:
+      obj = _module_state(torch.load(path, map_location="cpu", weights_only=False,
+                                     pickle_module=_inert_pickle()))
+    except Exception as e2:
+      raise WeightsError(f"{path}: not a readable PyTorch state dict or module "
+                         f"({type(e).__name__}: {e}; {type(e2).__name__}: {e2})") from e2
   if hasattr(obj, "state_dict"):
     obj = obj.state_dict()
   if not isinstance(obj, dict):
@@ -213,6 +230,64 @@ def load_torch(path) -> dict:
   if bad:
     raise WeightsError(f"{path}: entries that are not tensors: {bad}")
   return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+
+
+class _Inert:
+  """Stands in for any pickled class: keeps its state, runs nothing."""
+
+  def __init__(self, *args, **kwargs):
+    pass
+
+  def __setstate__(self, state):
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+      state = {**(state[0] or {}), **state[1]}
+    self.__dict__.update(state if isinstance(state, dict) else {"_state": state})
+
+
+_ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+            ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
+            ("torch", "Size"), ("torch", "device"), ("builtins", "set"), ("builtins", "dict"),
+            ("builtins", "list"), ("builtins", "tuple")}
+
+
+def _inert_pickle():
+  import pickle
+  import types
+  import torch
+
+  class Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+      if (module, name) in _ALLOWED or (module == "torch" and name.endswith("Storage")):
+        return super().find_class(module, name)
+      if module == "torch" and name in ("float32", "float16", "bfloat16", "float64", "int64"):
+        return getattr(torch, name)
+      return type(name, (_Inert,), {"__module__": module})
+
+  mod = types.ModuleType("astrotl_inert_pickle")
+  mod.Unpickler = Unpickler
+  mod.load = pickle.load
+  mod.__name__ = "astrotl_inert_pickle"
+  return mod
+
+
+def _module_state(obj, prefix="", out=None):
+  """state_dict-style names -> tensors from an inertly unpickled nn.Module tree."""
+  out = {} if out is None else out
+  d = getattr(obj, "__dict__", {})
+  if "_parameters" not in d and "_modules" not in d:
+    if isinstance(obj, dict):
+      return obj
+    raise WeightsError("the pickle holds neither a state dict nor a torch module")
+  skip = d.get("_non_persistent_buffers_set")
+  skip = set(skip) if isinstance(skip, (set, frozenset, list, tuple)) else set()
+  for group in ("_parameters", "_buffers"):
+    for name, t in (d.get(group) or {}).items():
+      if t is not None and name not in skip:
+        out[prefix + name] = t
+  for name, sub in (d.get("_modules") or {}).items():
+    if sub is not None:
+      _module_state(sub, f"{prefix}{name}.", out)
+  return out
 
 
 def _upsilont_files(model_dir):
