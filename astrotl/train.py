@@ -249,6 +249,26 @@ def _evaluate(model, variables, split, config, mesh, predict_fn):
   return result
 
 
+def _resume_metrics(path, step, is_main) -> list:
+  """Records of an earlier run up to the restored `step`.  Lines a killed run wrote after
+  its last checkpoint are dropped from the file, since those steps will run again."""
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      r = json.loads(line)
+    except json.JSONDecodeError:  # a line cut short by the kill
+      continue
+    if r.get("step", 0) <= step:
+      records.append(r)
+  if is_main:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+  return records
+
+
 def _num_rows(split) -> int:
   return len(split["x"]) if isinstance(split, dict) else len(split)
 
@@ -317,7 +337,7 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) 
   predict_fn = make_predict_fn(model, mesh)
   rows = parallel.process_rows(config.batch_size, mesh)
   metrics_path = workdir / "metrics.jsonl"
-  history = []
+  history = _resume_metrics(metrics_path, int(state.step), is_main)
   monitor = config.early_stopping_metric
   sign = 1.0 if monitor.endswith("loss") or monitor.endswith("mae") else -1.0
   bad_evals = 0
