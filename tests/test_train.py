@@ -193,3 +193,24 @@ def test_two_processes_train_like_one(tmp_path):
   assert set(one) == set(two) == set(range(1, 7))
   for s in one:
     assert two[s] == pytest.approx(one[s], rel=1e-4), s
+
+
+def test_model_bundle_round_trip_with_int8_kernels(tmp_path):
+  rng = np.random.default_rng(0)
+  tree = {"params": {"dense": {"kernel": rng.normal(size=(300, 16)).astype(np.float32),
+                               "bias": rng.normal(size=16).astype(np.float32)}},
+          "batch_stats": {"bn": {"mean": np.arange(3, dtype=np.float32)}}}
+  checkpoint.save_bundle(tmp_path / "m.npz", {"a": tree}, {"x": 1}, int8=("a/params/dense/kernel",))
+  trees, meta = checkpoint.load_bundle(tmp_path / "m.npz")
+  assert meta == {"x": 1}
+  k, want = trees["a"]["params"]["dense"]["kernel"], tree["params"]["dense"]["kernel"]
+  assert k.dtype == np.float32 and k.shape == want.shape
+  # symmetric int8 per column: error at most half a step of each column's scale
+  step = np.abs(want).max(0) / 127
+  assert np.all(np.abs(k - want) <= 0.5 * step + 1e-6)
+  np.testing.assert_allclose(trees["a"]["params"]["dense"]["bias"], tree["params"]["dense"]["bias"],
+                             rtol=1e-3)
+  np.testing.assert_array_equal(trees["a"]["batch_stats"]["bn"]["mean"], np.arange(3))
+  (tmp_path / "bad.npz").write_bytes(b"not a zip")
+  with pytest.raises(checkpoint.CheckpointError, match="bad.npz"):
+    checkpoint.load_bundle(tmp_path / "bad.npz")
