@@ -382,53 +382,79 @@ def run(paths, out, model, catalog_table=None, batch_size=256, chunk_size=4096, 
 
 # --- merging and the report -------------------------------------------------------------
 
+def _columns(table) -> dict:
+  out = {}
+  for c in table.column_names:
+    v = table[c].to_numpy(zero_copy_only=False)
+    out[c] = v.astype(str) if v.dtype == object else v
+  return out
+
+
 def merge(out, n_inputs, chunk_size, model, threshold=0.5, known=None, known_ra=None,
           known_dec=None, radius=3.0, top=12, stats=None, explain=False):
-  """Joins chunk files into the final outputs; returns the summary dict."""
+  """Joins chunk files into the final outputs; returns the summary dict.
+
+  Streams chunk by chunk, so memory holds one chunk, the candidates and one float per
+  spectrum (for the histogram) -- enough for a whole survey.
+  """
+  import collections
   import pyarrow as pa
+  import pyarrow.compute as pc
   import pyarrow.parquet as pq
   out = pathlib.Path(out)
   n_chunks = (n_inputs + chunk_size - 1) // chunk_size
   missing = [i for i in range(n_chunks) if not chunk_done(out, i)]
   if missing:
     raise SystemExit(f"{out}: chunks {missing[:10]} are not finished; re-run the same command")
-  tables = [pq.read_table(out / "chunks" / f"{_chunk_name(i)}.parquet") for i in range(n_chunks)]
-  table = pa.concat_tables(tables) if tables else None
-  errors = []
+  errors, p_wd, cands, best = [], [], [], None
+  counts = collections.Counter()
+  tmp = out / f".predictions.parquet.{os.getpid()}.tmp"
+  writer = None
   for i in range(n_chunks):
     with open(out / "chunks" / f"{_chunk_name(i)}.errors.csv", newline="") as f:
       errors += list(csv.reader(f))[1:]
-  _write_atomic(out / "predictions.parquet", lambda tmp: pq.write_table(table, tmp))
-  _write_atomic(out / "errors.csv", lambda tmp: _write_csv(tmp, ["file", "reason"], errors))
-  cols = {}
-  for c in table.column_names:
-    v = table[c].to_numpy(zero_copy_only=False)
-    cols[c] = v.astype(str) if v.dtype == object else v
-  cand = cols["p_wd"] >= threshold
-  cand_cols = {c: v[cand] for c, v in cols.items()}
-  cand_cols["known"] = np.zeros(int(cand.sum()), bool)
-  cand_cols["known_sep_arcsec"] = np.full(int(cand.sum()), np.nan)
+    t = pq.read_table(out / "chunks" / f"{_chunk_name(i)}.parquet")
+    if writer is None:
+      writer = pq.ParquetWriter(tmp, t.schema)
+    writer.write_table(t)
+    p_wd.append(t["p_wd"].to_numpy())
+    counts.update(t["pred_class"].to_pylist())
+    cands.append(t.filter(pc.greater_equal(t["p_wd"], threshold)))
+    best = t if best is None else pa.concat_tables([best, t])
+    best = best.take(np.argsort(-best["p_wd"].to_numpy(), kind="stable")[:top])
+  if writer is not None:
+    writer.close()
+    os.replace(tmp, out / "predictions.parquet")
+  _write_atomic(out / "errors.csv", lambda t: _write_csv(t, ["file", "reason"], errors))
+  p_wd = np.concatenate(p_wd) if p_wd else np.zeros(0, np.float32)
+  cand_cols = _columns(pa.concat_tables(cands)) if cands else {}
+  n_cand = len(cand_cols.get("p_wd", ()))
+  cand_cols["known"] = np.zeros(n_cand, bool)
+  cand_cols["known_sep_arcsec"] = np.full(n_cand, np.nan)
   n_known = 0
-  if known:
+  if known and n_cand:
     ktable = io_catalog.read_table(known)
     kra, kdec = io_catalog.radec(ktable, known, known_ra, known_dec)
     idx, sep = io_catalog.crossmatch(cand_cols["ra"], cand_cols["dec"], kra, kdec, radius)
     cand_cols["known"] = idx >= 0
     cand_cols["known_sep_arcsec"] = np.where(idx >= 0, sep, np.nan)
     n_known = int((idx >= 0).sum())
-  order = np.argsort(-cand_cols["p_wd"], kind="stable")
-  cand_cols = {k: v[order] for k, v in cand_cols.items()}
+  if n_cand:
+    order = np.argsort(-cand_cols["p_wd"], kind="stable")
+    cand_cols = {k: v[order] for k, v in cand_cols.items()}
   _write_candidates(out / "candidates.fits", cand_cols, threshold, known, radius)
   seconds = (stats or {}).get("seconds_this_run", float("nan"))
   files = (stats or {}).get("files_this_run", 0)
-  summary = {"n_inputs": n_inputs, "n_scanned": int(len(cols["file"])), "n_errors": len(errors),
-             "n_candidates": int(cand.sum()), "n_known": n_known, "threshold": threshold,
+  summary = {"n_inputs": n_inputs, "n_scanned": int(len(p_wd)), "n_errors": len(errors),
+             "n_candidates": n_cand, "n_known": n_known, "threshold": threshold,
              "known_catalog": known, "radius_arcsec": radius,
              "seconds": seconds, "files_this_run": files,
              "spectra_per_second": files / seconds if seconds and seconds > 0 else None,
-             "model": model.meta.get("source"), "classes": model.classes}
-  _write_atomic(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
-  write_report(out, cols, cand_cols, summary, model, top, explain)
+             "model": model.meta.get("source"), "classes": model.classes,
+             "predicted_classes": dict(sorted(counts.items()))}
+  _write_atomic(out / "summary.json", lambda t: t.write_text(json.dumps(summary, indent=1)))
+  top_cols = _columns(best) if best is not None else {"file": np.array([], str)}
+  write_report(out, p_wd, top_cols, summary, model, explain)
   return summary
 
 
@@ -448,7 +474,8 @@ def _write_candidates(path, cols, threshold, known, radius):
   _write_atomic(path, lambda tmp: t.write(tmp, format="fits", overwrite=True))
 
 
-def write_report(out, cols, cand, summary, model, top, explain=False):
+def write_report(out, p_wd, top, summary, model, explain=False):
+  """report.md with the P(WD) histogram and the highest-scoring spectra (`top` columns)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -456,7 +483,7 @@ def write_report(out, cols, cand, summary, model, top, explain=False):
   from astrotl.preprocess import spectra
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  ax.hist(cols["p_wd"], bins=np.linspace(0, 1, 41), color="steelblue")
+  ax.hist(p_wd, bins=np.linspace(0, 1, 41), color="steelblue")
   ax.axvline(summary["threshold"], color="crimson", ls="--", label="threshold")
   ax.set_yscale("log")
   ax.set_xlabel("calibrated P(white dwarf)")
@@ -467,7 +494,8 @@ def write_report(out, cols, cand, summary, model, top, explain=False):
   plt.close(fig)
 
   # the highest-scoring spectra, candidates or not, so the plot is never empty
-  order = np.argsort(-cols["p_wd"], kind="stable")[:top]
+  cols = top
+  order = np.arange(len(cols["file"]))
   wave = spectra.wavelength_grid()
   n = max(len(order), 1)
   fig, axes = plt.subplots(n, 1, figsize=(8, 1.6 * n), sharex=True, squeeze=False)
@@ -505,8 +533,7 @@ def write_report(out, cols, cand, summary, model, top, explain=False):
       + (f" ({summary['spectra_per_second']:.1f} spectra/s)" if summary["spectra_per_second"] else ""),
       "", "Predicted classes (stage 1):", "",
   ]
-  names, counts = np.unique(cols["pred_class"], return_counts=True)
-  lines += [f"- {n}: {c}" for n, c in zip(names, counts)]
+  lines += [f"- {n}: {c}" for n, c in summary["predicted_classes"].items()]
   lines += ["", "![P(WD) histogram](wd_probability.png)", "",
             "![highest-scoring spectra](top_candidates.png)", cam_note]
   (out / "report.md").write_text("\n".join(lines) + "\n")
