@@ -40,32 +40,37 @@ from astrotl import parallel
 from astrotl.io import batch as io_batch
 from astrotl.io import catalog as io_catalog
 
-_SPECTRA = flags.DEFINE_string("spectra", None, "Directory (searched recursively) or glob of "
-                               "spectrum files; comma-separated for several.")
-_CATALOG = flags.DEFINE_string("catalog", None, "Catalog CSV/FITS listing the files (a path "
-                               "column, or LAMOST obsdate/planid/lmjd/spid/fiberid).")
-_ROOT = flags.DEFINE_string("root", None, "Directory the catalog's paths are relative to "
-                            "(default: the catalog's folder).")
-_PATH_COLUMN = flags.DEFINE_string("path_column", None, "Catalog column holding file paths.")
-_MODEL = flags.DEFINE_string("model", None, "Model bundle (.npz from experiments/wd_search.py), "
-                             "or 'torch:7_cnn_model.pt,2_cnn_model.pt' for Tan et al.'s "
-                             "PyTorch weights. Default: the bundled model.")
-_KNOWN = flags.DEFINE_string("known", None, "Catalog (CSV/FITS) of known white dwarfs with RA/Dec.")
-_KNOWN_RA = flags.DEFINE_string("known_ra_column", None, "RA column of --known.")
-_KNOWN_DEC = flags.DEFINE_string("known_dec_column", None, "Dec column of --known.")
-_RADIUS = flags.DEFINE_float("radius", 3.0, "Cross-match radius in arcsec.")
-_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Candidate if calibrated P(WD) >= this.")
-_OUT = flags.DEFINE_string("out", "astrotl-scan", "Output directory.")
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Spectra per device step (global over local "
-                              "devices).")
-_CHUNK = flags.DEFINE_integer("chunk_size", 4096, "Spectra per journaled chunk.")
-_WORKERS = flags.DEFINE_integer("workers", None, "Decoding processes (default: CPU count; "
-                                "0 decodes in the main process).")
-_TOP = flags.DEFINE_integer("top", 12, "Candidates plotted in the report.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join jax.distributed first.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-_EXPLAIN = flags.DEFINE_bool("explain", False, "Write class-activation-map plots for the top "
-                             "candidates (needs astrotl.explain).")
+def define_flags():
+  """The command-line flags; defined only when scan runs as a program, so importing
+  astrotl.scan as a library claims no flag names."""
+  f = flags
+  f.DEFINE_string("spectra", None, "Directory (searched recursively) or glob of spectrum "
+                  "files; comma-separated for several.")
+  f.DEFINE_string("catalog", None, "Catalog CSV/FITS listing the files (a path column, or "
+                  "LAMOST obsdate/planid/lmjd/spid/fiberid).")
+  f.DEFINE_string("root", None, "Directory the catalog's paths are relative to (default: the "
+                  "catalog's folder).")
+  f.DEFINE_string("path_column", None, "Catalog column holding file paths.")
+  f.DEFINE_string("model", None, "Model bundle (.npz from experiments/wd_search.py), or "
+                  "'torch:7_cnn_model.pt,2_cnn_model.pt' for Tan et al.'s PyTorch weights. "
+                  "Default: the bundled model.")
+  f.DEFINE_string("known", None, "Catalog (CSV/FITS) of known white dwarfs with RA/Dec.")
+  f.DEFINE_string("known_ra_column", None, "RA column of --known.")
+  f.DEFINE_string("known_dec_column", None, "Dec column of --known.")
+  f.DEFINE_float("radius", 3.0, "Cross-match radius in arcsec.")
+  f.DEFINE_float("threshold", 0.5, "Candidate if calibrated P(WD) >= this ...")
+  f.DEFINE_bool("two_stage", True, "... and stage 1 also calls it a white dwarf (Tan et al.'s "
+                "two-stage rule; on real LAMOST stars it cuts false positives ~5x).")
+  f.DEFINE_string("out", "astrotl-scan", "Output directory.")
+  f.DEFINE_integer("batch_size", 256, "Spectra per device step (over the local devices).")
+  f.DEFINE_integer("chunk_size", 4096, "Spectra per journaled chunk.")
+  f.DEFINE_integer("workers", None, "Decoding processes (default: CPU count; 0 decodes in "
+                   "the main process).")
+  f.DEFINE_integer("top", 12, "Spectra plotted in the report.")
+  f.DEFINE_bool("distributed", False, "Join jax.distributed first.")
+  f.DEFINE_bool("progress", True, "Show a progress bar.")
+  f.DEFINE_bool("explain", False, "Write class-activation-map plots for the top candidates.")
+
 
 _TASK = 32  # files per worker task: amortises inter-process overhead
 
@@ -111,6 +116,8 @@ class ScanModel:
     from astrotl import models
     self.meta = meta
     self.classes = list(meta["stage1"]["classes"])
+    # stage-1 classes that count as white dwarfs for the two-stage candidate rule
+    self.wd_classes = [c for c in self.classes if c.upper().startswith("WD")]
     self.wd_index = int(meta["stage2"].get("positive_index", 1))
     self.npix = int(meta.get("input_pixels", 3700))
     self.models = {k: models.get(meta[k]["model"], **meta[k].get("config", {}))
@@ -391,7 +398,7 @@ def _columns(table) -> dict:
 
 
 def merge(out, n_inputs, chunk_size, model, threshold=0.5, known=None, known_ra=None,
-          known_dec=None, radius=3.0, top=12, stats=None, explain=False):
+          known_dec=None, radius=3.0, top=12, stats=None, explain=False, two_stage=True):
   """Joins chunk files into the final outputs; returns the summary dict.
 
   Streams chunk by chunk, so memory holds one chunk, the candidates and one float per
@@ -419,7 +426,10 @@ def merge(out, n_inputs, chunk_size, model, threshold=0.5, known=None, known_ra=
     writer.write_table(t)
     p_wd.append(t["p_wd"].to_numpy())
     counts.update(t["pred_class"].to_pylist())
-    cands.append(t.filter(pc.greater_equal(t["p_wd"], threshold)))
+    keep = pc.greater_equal(t["p_wd"], threshold)
+    if two_stage:
+      keep = pc.and_(keep, pc.is_in(t["pred_class"], value_set=pa.array(model.wd_classes)))
+    cands.append(t.filter(keep))
     best = t if best is None else pa.concat_tables([best, t])
     best = best.take(np.argsort(-best["p_wd"].to_numpy(), kind="stable")[:top])
   if writer is not None:
@@ -447,6 +457,8 @@ def merge(out, n_inputs, chunk_size, model, threshold=0.5, known=None, known_ra=
   files = (stats or {}).get("files_this_run", 0)
   summary = {"n_inputs": n_inputs, "n_scanned": int(len(p_wd)), "n_errors": len(errors),
              "n_candidates": n_cand, "n_known": n_known, "threshold": threshold,
+             "rule": (f"P(WD) >= {threshold} and stage 1 in {model.wd_classes}" if two_stage
+                      else f"P(WD) >= {threshold}"),
              "known_catalog": known, "radius_arcsec": radius,
              "seconds": seconds, "files_this_run": files,
              "spectra_per_second": files / seconds if seconds and seconds > 0 else None,
@@ -525,7 +537,7 @@ def write_report(out, p_wd, top, summary, model, explain=False):
       "# astrotl white-dwarf scan", "",
       f"- inputs: {summary['n_inputs']}; scanned: {summary['n_scanned']}; "
       f"unreadable: {summary['n_errors']} (errors.csv)",
-      f"- candidates (P(WD) >= {summary['threshold']}): {summary['n_candidates']}; "
+      f"- candidates ({summary['rule']}): {summary['n_candidates']}; "
       f"known (within {summary['radius_arcsec']}\" of {summary['known_catalog'] or 'no catalog given'}): "
       f"{summary['n_known']}",
       f"- model: {summary['model']}",
@@ -572,28 +584,28 @@ def _explain(out, cols, order, model):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  parallel.initialize(_DISTRIBUTED.value)
+  parallel.initialize(FLAGS.distributed)
   import jax
-  out = pathlib.Path(_OUT.value)
-  if _SPECTRA.value and _CATALOG.value:
+  out = pathlib.Path(FLAGS.out)
+  if FLAGS.spectra and FLAGS.catalog:
     raise app.UsageError("give --spectra or --catalog, not both")
-  paths, table = list_inputs(_SPECTRA.value, _CATALOG.value, _ROOT.value, _PATH_COLUMN.value)
+  paths, table = list_inputs(FLAGS.spectra, FLAGS.catalog, FLAGS.root, FLAGS.path_column)
   if not paths:
     raise app.UsageError("no input spectra found")
-  model = ScanModel.load(_MODEL.value)
+  model = ScanModel.load(FLAGS.model)
   is_main = jax.process_index() == 0
   if is_main:
     logging.info("scanning %d spectra with %s into %s", len(paths), model.meta.get("source"), out)
-  stats = run(paths, out, model, table, _BATCH.value, _CHUNK.value, _WORKERS.value,
-              _PROGRESS.value and is_main)
+  stats = run(paths, out, model, table, FLAGS.batch_size, FLAGS.chunk_size, FLAGS.workers,
+              FLAGS.progress and is_main)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("astrotl.scan: all chunks written")
   if not is_main:
     return
-  summary = merge(out, len(paths), _CHUNK.value, model, _THRESHOLD.value, _KNOWN.value,
-                  _KNOWN_RA.value, _KNOWN_DEC.value, _RADIUS.value, _TOP.value, stats,
-                  _EXPLAIN.value)
+  summary = merge(out, len(paths), FLAGS.chunk_size, model, FLAGS.threshold, FLAGS.known,
+                  FLAGS.known_ra_column, FLAGS.known_dec_column, FLAGS.radius, FLAGS.top, stats,
+                  FLAGS.explain, FLAGS.two_stage)
   rate = summary["spectra_per_second"]
   print(f"astrotl.scan: {summary['n_scanned']} spectra scanned, {summary['n_errors']} unreadable, "
         f"{summary['n_candidates']} candidates ({summary['n_known']} known) in "
@@ -601,5 +613,8 @@ def main(argv):
         + f" -> {out}", file=sys.stdout)
 
 
+FLAGS = flags.FLAGS
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

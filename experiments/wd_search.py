@@ -30,6 +30,8 @@ _SPECTRA = flags.DEFINE_string("spectra_dir", None, "LAMOST spectra folder (defa
                                "../shared/data/spectra beside the checkout, else the bundled sample).")
 _SDSS_WD = flags.DEFINE_string("sdss_wd", None, "A real SDSS white-dwarf spec file to score.")
 _BUNDLE = flags.DEFINE_string("bundle", None, "Write the calibrated two-stage model here (.npz).")
+_EVALUATE = flags.DEFINE_string("evaluate", None, "Only evaluate this model bundle on the same "
+                                "splits (no training); writes bundle_eval.json.")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -79,6 +81,55 @@ def simulate_split(sim, real, n_wd, n_wdm, config, seed):
   wdm = sim.sample(n_wdm, rng, companions=real["flux"][m_stars],
                    companion_masks=real["mask"][m_stars], companion_fraction=1.0, **common)
   return wd, wdm
+
+
+def make_data(config, workdir):
+  """Real stars per split and the stage-1 arrays (real + simulated), deterministic."""
+  classes = list(config.classes)
+  real = load_real(_SPECTRA.value or _default_spectra_dir(), workdir / "tfds", classes)
+  sim = simulate.Simulator()
+  data = {}
+  for i, split in enumerate(("train", "validation", "test")):
+    scale = 1.0 if split == "train" else 0.5
+    wd, wdm = simulate_split(sim, real[split], int(config.n_sim_wd * scale),
+                             int(config.n_sim_wdm * scale), config, seed=100 + i)
+    data[split] = assemble(real[split], wd, wdm, classes)
+  return real, data
+
+
+def evaluate_bundle(path, config, real, data, workdir):
+  """The shipped model as the scan uses it: stage 2 alone and the two-stage rule on the
+  test split, the false-positive rate on real test stars, and the SDSS white dwarf."""
+  from astrotl import scan
+  model = scan.ScanModel.load(path)
+  classes = list(config.classes)
+  x, y = data["test"]["x"], data["test"]["y"]
+  wd_idx = [classes.index(c) for c in model.wd_classes]
+  p1 = softmax(logits("cnn1d", model.meta["stage1"]["config"], model.variables["stage1"], x),
+               model.temperature["stage1"])
+  p2 = softmax(logits("cnn1d", model.meta["stage2"]["config"], model.variables["stage2"], x),
+               model.temperature["stage2"])[:, 1]
+  truth = np.isin(y, wd_idx).astype(int)
+  real_star = np.arange(len(y)) < len(real["test"]["y"])  # assemble() puts real stars first
+  out = {"model": str(path), "n_test": int(len(y)), "n_real_stars": int(real_star.sum()),
+         "stage1_accuracy": metrics.accuracy(y, p1.argmax(-1))}
+  for rule, flag in (("stage2_only", p2 >= config.threshold),
+                     ("two_stage", (p2 >= config.threshold) & np.isin(p1.argmax(-1), wd_idx))):
+    rep = binary_report(flag.astype(float), truth, 0.5)
+    rep["false_positive_rate_real_stars"] = float(flag[real_star].mean())
+    out[rule] = rep
+  sdss = _SDSS_WD.value or (REPO.parent / "shared/data/spectra/sdss_boss/spec-4455-55539-0692.fits.gz")
+  if pathlib.Path(sdss).exists():
+    xs = read_sdss_inputs(sdss)
+    q1 = softmax(logits("cnn1d", model.meta["stage1"]["config"], model.variables["stage1"], xs),
+                 model.temperature["stage1"])[0]
+    q2 = softmax(logits("cnn1d", model.meta["stage2"]["config"], model.variables["stage2"], xs),
+                 model.temperature["stage2"])[0, 1]
+    out["sdss_white_dwarf"] = {"p_wd": float(q2), "stage1": dict(zip(classes, q1.tolist()))}
+  out["command"] = (f"python experiments/wd_search.py --config=astrotl/configs/wd_search.py "
+                    f"--workdir={workdir} --evaluate={path}")
+  (workdir / "bundle_eval.json").write_text(json.dumps(out, indent=1, default=_json))
+  logging.info("bundle evaluation: %s", json.dumps(out, default=_json))
 
 
 def tan_inputs(flux, mask):
@@ -155,14 +206,10 @@ def main(argv):
   classes = list(config.classes)
   t_start = time.time()
 
-  real = load_real(_SPECTRA.value or _default_spectra_dir(), workdir / "tfds", classes)
-  sim = simulate.Simulator()
-  data = {}
-  for i, split in enumerate(("train", "validation", "test")):
-    scale = 1.0 if split == "train" else 0.5
-    wd, wdm = simulate_split(sim, real[split], int(config.n_sim_wd * scale),
-                             int(config.n_sim_wdm * scale), config, seed=100 + i)
-    data[split] = assemble(real[split], wd, wdm, classes)
+  real, data = make_data(config, workdir)
+  if _EVALUATE.value:
+    evaluate_bundle(_EVALUATE.value, config, real, data, workdir)
+    return
   counts = {s: np.bincount(d["y"], minlength=len(classes)).tolist() for s, d in data.items()}
   logging.info("stage-1 class counts %s", counts)
 

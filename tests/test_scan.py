@@ -134,7 +134,11 @@ def test_known_catalog_crossmatch_and_candidates(tmp_path, tiny_model):
   out = tmp_path / "out"
   _scan([f"--spectra={d}", f"--out={out}", f"--model={tiny_model}", "--workers=0",
          "--threshold=0.0"])
+  from astropy.table import Table
+  two_stage = Table.read(out / "candidates.fits")  # default rule: stage 1 must agree
+  assert set(np.asarray(two_stage["pred_class"]).astype(str)) <= {"WD", "WD+M"}
   pred = _predictions(out)
+  assert len(two_stage) == int(np.isin(pred["pred_class"], ["WD", "WD+M"]).sum())
   has_pos = np.isfinite(pred["ra"])
   known = tmp_path / "known.csv"
   i = int(np.flatnonzero(has_pos)[0])
@@ -142,8 +146,7 @@ def test_known_catalog_crossmatch_and_candidates(tmp_path, tiny_model):
     f.write("name,RAJ2000,DEJ2000\nwd1,%.6f,%.6f\nfar,%.6f,%.6f\n" % (
         pred["ra"][i] + 1.0 / 3600, pred["dec"][i], pred["ra"][i] + 1.0, pred["dec"][i]))
   _scan([f"--spectra={d}", f"--out={out}", f"--model={tiny_model}", "--workers=0",
-         "--threshold=0.0", f"--known={known}"])
-  from astropy.table import Table
+         "--threshold=0.0", "--notwo_stage", f"--known={known}"])
   cand = Table.read(out / "candidates.fits")
   assert len(cand) == 8  # threshold 0: everything is a candidate
   assert int(np.sum(cand["known"])) == 1
