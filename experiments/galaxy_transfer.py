@@ -44,9 +44,15 @@ def subset(y, n, seed):
   return rng.permutation(idx)
 
 
-def target_splits(data, extra_test, seed=0):
-  """(pool, test): the target's test split plus `extra_test` held-out training examples."""
-  perm = np.random.default_rng(seed).permutation(len(data["train"]["y"]))
+def target_splits(data, extra_test, largest_n, seed=0):
+  """(pool, test): the target's test split plus up to `extra_test` held-out training
+  examples, as many as leave `largest_n` examples in the fine-tuning pool."""
+  n = len(data["train"]["y"])
+  if largest_n > n:
+    raise ValueError(f"n_target asks for {largest_n} labels but the target has {n} training "
+                     "examples; lower config.experiment.n_target")
+  extra_test = min(extra_test, n - largest_n)
+  perm = np.random.default_rng(seed).permutation(n)
   held, pool = perm[:extra_test], perm[extra_test:]
   pick = lambda d, i: {k: v[i] for k, v in d.items()}
   test = {k: np.concatenate([data["test"][k], data["train"][k][held]]) for k in ("x", "y")}
@@ -64,7 +70,7 @@ def run_pair(name, config, workdir, data_dir):
   src_name, tgt_name = PAIRS[name]
   src = galaxy_data.load(src_name, e.manual_dir, data_dir, e.image_size)
   tgt = galaxy_data.load(tgt_name, e.manual_dir, data_dir, e.image_size)
-  pool, test = target_splits(tgt, e.extra_test)
+  pool, test = target_splits(tgt, e.extra_test, max(e.n_target))
   train_cfg = {k: v for k, v in config.to_dict().items() if k != "experiment"}
   out = {"source": src_name, "target": tgt_name, "image_size": e.image_size,
          "n_source_train": int(len(src["train"]["y"])), "n_target_pool": int(len(pool["y"])),
@@ -89,6 +95,7 @@ def run_pair(name, config, workdir, data_dir):
   for n in e.n_target:
     for seed in range(e.seeds):
       idx = subset(pool["y"], n, seed)
+      assert len(idx) == n, (n, len(idx))
       row = {"n": int(n), "seed": seed}
       if n == 0:
         row["finetune"] = out["direct_on_target"]

@@ -43,7 +43,8 @@ def get_config(arg=None):
   e.target_steps = a["target_steps"]
   e.finetune_lr = a["finetune_lr"]
   e.pca_components = a["pca"]
-  # Extra target test examples held out of the fine-tuning pool (NVSS's own test split has 50).
+  # Extra target test examples held out of the fine-tuning pool (NVSS's own test split has
+  # 50), fewer where the pool would drop below max(n_target).
   e.extra_test = a["extra_test"]
   c.experiment = e
   return c
