@@ -40,6 +40,8 @@ def subset(y, n, seed):
   take = {c: max(1, int(round(n * len(per[c]) / len(y)))) for c in classes}
   while sum(take.values()) > n:
     take[max(take, key=take.get)] -= 1
+  while sum(take.values()) < n:  # rounding left some over: give them to the roomiest class
+    take[max(classes, key=lambda c: len(per[c]) - take[c])] += 1
   idx = np.concatenate([per[c][:take[c]] for c in classes])
   return rng.permutation(idx)
 
