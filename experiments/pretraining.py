@@ -89,9 +89,10 @@ def main(argv):
       pretrained = pre.best_variables if arm == "pretrained" else None
       r = train.fit(cfg, workdir / f"{arm}_{seed}", data, pretrained=pretrained)
       pred = train.predict(model, r.best_variables, test["x"]).argmax(-1)
-      step, seconds = reach(r.history, e.target_accuracy)
       row[arm] = {"test": galaxy_data.scores(test["y"], pred, 2), "best_val": r.best,
-                  "steps_to_target": step, "seconds_to_target": seconds, "seconds": r.seconds,
+                  "to_target": {str(t): dict(zip(("step", "seconds"), reach(r.history, t)))
+                                for t in e.targets},
+                  "seconds": r.seconds,
                   "val_curve": [(h["step"], h["val_accuracy"]) for h in r.history
                                 if "val_accuracy" in h]}
     logging.info("seed %d: pretrained %.3f scratch %.3f", seed,
@@ -106,14 +107,14 @@ def main(argv):
       acc["pretrained"], acc["scratch"]))))
   summary["wilcoxon"] = (dict(zip(("statistic", "p"), map(float, stats.wilcoxon(diff))))
                          if np.any(diff != 0) else {"statistic": 0.0, "p": 1.0})
-  for arm in ("pretrained", "scratch"):
-    steps = [r[arm]["steps_to_target"] for r in runs]
-    secs = [r[arm]["seconds_to_target"] for r in runs]
-    summary[f"{arm}_reached_target"] = int(sum(s is not None for s in steps))
-    summary[f"{arm}_median_steps_to_target"] = (float(np.median([s for s in steps if s]))
-                                                if any(steps) else None)
-    summary[f"{arm}_median_seconds_to_target"] = (float(np.median([s for s in secs if s]))
-                                                  if any(secs) else None)
+  summary["to_target"] = {}
+  for t in e.targets:
+    for arm in ("pretrained", "scratch"):
+      hits = [r[arm]["to_target"][str(t)] for r in runs if r[arm]["to_target"][str(t)]["step"]]
+      summary["to_target"][f"{arm}@{t}"] = {
+          "reached": f"{len(hits)}/{len(runs)}",
+          "median_steps": float(np.median([h["step"] for h in hits])) if hits else None,
+          "median_seconds": float(np.median([h["seconds"] for h in hits])) if hits else None}
   summary["pretrain_cost"] = {"steps": e.pretrain_steps, "seconds": pre.seconds,
                               "digits_val_accuracy": pre.best["val_accuracy"]}
   summary["majority_class_test_accuracy"] = float(max(np.mean(test["y"]), 1 - np.mean(test["y"])))
@@ -135,8 +136,8 @@ def plot(results, workdir):
     steps = [s for s, _ in results["runs"][0][arm]["val_curve"]]
     ax.plot(steps, curves.mean(0), color=color, label=f"{arm} (mean of {len(curves)} seeds)")
     ax.fill_between(steps, curves.min(0), curves.max(0), color=color, alpha=0.2)
-  ax.axhline(results["config"]["experiment"]["target_accuracy"], color="gray", ls=":",
-             label="target")
+  for t in results["config"]["experiment"]["targets"]:
+    ax.axhline(t, color="gray", ls=":", lw=0.8)
   ax.set_xlabel("training step on GZ1")
   ax.set_ylabel(f"GZ1 early/late validation accuracy (n={results['n_val']})")
   ax.set_title("AlexNet-style: digits-pretrained vs from scratch")
