@@ -163,8 +163,12 @@ def _loss_fn(name, class_weights):
   return lambda out, y: fn(out[..., 0] if out.ndim == 2 and out.shape[-1] == 1 else out, y)
 
 
-def make_train_step(model, tx, mesh, loss="xent", class_weights=None, frozen=None):
-  """jit-compiled (state, batch) -> (state, metrics); batch = {'x', 'y', 'valid'} on `data`."""
+def make_train_step(model, tx, mesh, loss="xent", class_weights=None, frozen=None, augment=None):
+  """jit-compiled (state, batch) -> (state, metrics); batch = {'x', 'y', 'valid'} on `data`.
+
+  `augment(rng, x) -> x`, when given, transforms batch['x'] inside the step with a key
+  derived from the step's rng (e.g. `astrotl.preprocess.images.augmenter()`).
+  """
   loss_fn = _loss_fn(loss, class_weights)
   frozen_re = surgery._compile(frozen or ())
 
@@ -175,6 +179,7 @@ def make_train_step(model, tx, mesh, loss="xent", class_weights=None, frozen=Non
   def step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     valid = batch["valid"].astype(jnp.float32)
+    x = batch["x"] if augment is None else augment(jax.random.fold_in(rng, 1), batch["x"])
 
     def objective(params):
       variables = {"params": params}
@@ -182,7 +187,7 @@ def make_train_step(model, tx, mesh, loss="xent", class_weights=None, frozen=Non
       if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
         mutable = ["batch_stats"]
-      out, updates = model.apply(variables, batch["x"], train=True, mutable=mutable,
+      out, updates = model.apply(variables, x, train=True, mutable=mutable,
                                  rngs={"dropout": rng})
       per_example = loss_fn(out.astype(jnp.float32), batch["y"])
       value = jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
@@ -291,13 +296,15 @@ class FitResult:
   seconds: float
 
 
-def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) -> FitResult:
+def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None,
+        augment=None) -> FitResult:
   """Trains `config.model` on `data['train']`, validating on `data['validation']`.
 
   A split is {'x', 'y'} numpy arrays, or (train only) an object with `__len__` and
   `take(indices) -> {'x', 'y'}` such as `astrotl.datasets.Rows`.  Resumes from `workdir`
   if it has checkpoints; the data position needs no saving, because the batch of step s
-  is a pure function of (seed, s).
+  is a pure function of (seed, s).  `augment(rng, x)` is applied to training batches
+  inside the jit-compiled step.
   """
   config = merged_config(config)
   mesh = mesh or parallel.make_mesh()
@@ -333,7 +340,7 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) 
     logging.info("resumed from %s at step %d", ckpt.directory / str(start), start)
   best_variables = None
 
-  step_fn = make_train_step(model, tx, mesh, config.loss, config.class_weights, frozen)
+  step_fn = make_train_step(model, tx, mesh, config.loss, config.class_weights, frozen, augment)
   predict_fn = make_predict_fn(model, mesh)
   rows = parallel.process_rows(config.batch_size, mesh)
   metrics_path = workdir / "metrics.jsonl"
