@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow_datasets as tfds
 
+from astrotl import datasets
 from astrotl.datasets.galaxy_morphology import Builder
 from astrotl.preprocess import images as prep
 
@@ -19,13 +20,10 @@ def load(config: str, manual_dir: str, data_dir, size: int) -> dict:
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   out = {}
   for split in builder.info.splits:
-    source = builder.as_data_source(split=split)
-    records = source.__getitems__(list(range(len(source))))
-    images = np.stack([r["image"] for r in records])
-    out[split] = {"x": prep.to_model_input(images, size, scaling=SCALING.get(config, "uint8")),
-                  "y": np.array([r["label"] for r in records], np.int32),
-                  "id": np.array([r["id"].decode() if isinstance(r["id"], bytes) else r["id"]
-                                  for r in records])}
+    d = datasets.as_numpy(f"galaxy_morphology/{config}", split, data_dir=str(data_dir),
+                          features=("image", "label", "id"))
+    out[split] = {"x": prep.to_model_input(d["image"], size, scaling=SCALING.get(config, "uint8")),
+                  "y": d["label"].astype(np.int32), "id": d["id"]}
   return out
 
 
