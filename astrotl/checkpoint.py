@@ -115,3 +115,44 @@ def load_variables(path) -> dict:
 def read_record(step_dir) -> dict:
   with open(pathlib.Path(step_dir) / "record" / "metadata") as f:
     return json.load(f)
+
+
+# --- portable model bundles -----------------------------------------------------------
+# A single .npz holding one or more named variable trees plus a JSON description, for
+# models shipped inside the package (no orbax needed to read it; np.load without pickle).
+
+_META_KEY = "__meta__"
+
+
+def save_bundle(path, trees: dict, meta: dict, dtype=np.float16) -> None:
+  """Writes {name: variables} and `meta` to `path` (.npz); float leaves stored as `dtype`.
+
+  float16 halves the size of the bundled model; `load_bundle` returns float32.
+  """
+  from astrotl import surgery
+  arrays = {}
+  for name, tree in trees.items():
+    for leaf_path, value in surgery.flatten(tree).items():
+      value = np.asarray(value)
+      arrays[f"{name}/{leaf_path}"] = value.astype(dtype) if value.dtype.kind == "f" else value
+  arrays[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez_compressed(tmp, **arrays)
+  tmp.replace(path)
+
+
+def load_bundle(path) -> tuple[dict, dict]:
+  """({name: variables as float32 numpy}, meta) from a `save_bundle` file."""
+  from astrotl import surgery
+  path = pathlib.Path(path)
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      if _META_KEY not in z:
+        raise CheckpointError(f"{path}: not an astrotl model bundle (no {_META_KEY} entry)")
+      meta = json.loads(bytes(z[_META_KEY]).decode())
+      flat = {k: z[k].astype(np.float32) if z[k].dtype.kind == "f" else z[k]
+              for k in z.files if k != _META_KEY}
+  except (OSError, ValueError, EOFError) as e:
+    raise CheckpointError(f"{path}: cannot read model bundle ({type(e).__name__}: {e})") from e
+  return surgery.unflatten(flat), meta

@@ -35,3 +35,16 @@ class Spectrum:
   ivar: np.ndarray
   mask: np.ndarray
   meta: dict[str, Any]
+
+
+def read(path) -> Spectrum:
+  """Reads a LAMOST LRS or SDSS/BOSS spectrum, choosing the reader from the file name
+  (SDSS: spec-PLATE-MJD-FIBER) and falling back to LAMOST."""
+  import os
+  import re
+  name = os.path.basename(os.fspath(path))
+  if re.match(r"spec-\d{4,5}-\d{5}-\d{4}\.fits", name):
+    from astrotl.io import sdss
+    return sdss.read(path)
+  from astrotl.io import lamost
+  return lamost.read(path)

@@ -1,7 +1,9 @@
 """Spectra on the common log-linear wavelength grid.
 
 The grid is LAMOST's: log10(lambda / Angstrom) = LOGLAM0 + DLOGLAM * i, i = 0 .. NPIX-1,
-which spans 3699.98 - 9099.6 Angstrom.
+which spans 3699.98 - 9099.6 Angstrom.  Also here: resampling onto it, the Tan and
+continuum normalisations (numpy or jax.numpy through an `xp` argument), and the
+LAMOST class-label mapping.
 """
 
 import numpy as np
@@ -38,34 +40,55 @@ def resample(loglam, flux, ivar, mask=None, npix: int = NPIX):
   Returns:
     (flux, ivar, mask) on the grid, float32/float32/bool, shape (..., npix).
   """
-  loglam = np.asarray(loglam, np.float64)
-  flux = np.asarray(flux, np.float64)
-  ivar = np.asarray(ivar, np.float64)
-  bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar <= 0)
+  return resample_pixels(grid_pixels(loglam), flux, ivar, mask, npix)
+
+
+def grid_pixels(loglam) -> np.ndarray:
+  """Position of each input pixel on the common grid, in grid pixels (float64 -> float32).
+
+  Computed in float64 and offset to the grid's start, so the float32 result keeps
+  ~1e-4 pixel precision: this is what the scan sends to the device.
+  """
+  return ((np.asarray(loglam, np.float64) - LOGLAM0) / DLOGLAM).astype(np.float32)
+
+
+def resample_pixels(u, flux, ivar, mask=None, npix: int = NPIX, xp=np):
+  """`resample` with input positions `u` in grid pixels (see `grid_pixels`).
+
+  Works on numpy or, with xp=jax.numpy, inside jit; padded input rows are fine as long
+  as the padding continues `u` upwards and is masked.
+  """
+  f32 = xp.float32
+  u = xp.asarray(u, f32)
+  flux = xp.asarray(flux, f32)
+  ivar = xp.asarray(ivar, f32)
+  bad = ~xp.isfinite(flux) | ~xp.isfinite(ivar) | (ivar <= 0)
   if mask is not None:
-    bad |= np.asarray(mask, bool)
-  if flux.ndim == 1:
-    return _resample_one(loglam, flux, ivar, bad, npix)
-  out = [_resample_one(l, f, i, b, npix) for l, f, i, b in zip(loglam, flux, ivar, bad)]
-  return tuple(np.stack(x) for x in zip(*out))
-
-
-def _resample_one(loglam, flux, ivar, bad, npix):
-  grid = loglam_grid(npix)
-  n = loglam.shape[0]
-  pos = np.interp(grid, loglam, np.arange(n, dtype=np.float64), left=-1.0, right=-1.0)
-  outside = (grid < loglam[0]) | (grid > loglam[-1]) | (pos < 0)
-  lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
-  hi = np.clip(lo + 1, 0, n - 1)
-  w = np.clip(pos - lo, 0.0, 1.0)
-  f = np.where(bad, 0.0, flux)
-  v = np.where(bad, 0.0, ivar)
-  out_flux = (1 - w) * f[lo] + w * f[hi]
-  out_ivar = (1 - w) * v[lo] + w * v[hi]
-  out_bad = outside | (bad[lo] & (w < 1.0)) | (bad[hi] & (w > 0.0))
-  out_flux = np.where(out_bad, 0.0, out_flux)
-  out_ivar = np.where(out_bad, 0.0, out_ivar)
-  return out_flux.astype(np.float32), out_ivar.astype(np.float32), out_bad
+    bad = bad | xp.asarray(mask, bool)
+  shape = flux.shape
+  n = shape[-1]
+  u2, f2, v2, b2 = (a.reshape(-1, n) for a in (u, flux, ivar, bad))
+  grid = xp.arange(npix, dtype=f32)
+  idx = xp.arange(n, dtype=f32)
+  if xp is np:
+    pos = np.stack([np.interp(grid, row, idx, left=-1.0, right=-1.0) for row in u2]).astype(f32)
+  else:
+    import jax
+    pos = jax.vmap(lambda row: xp.interp(grid, row, idx, left=-1.0, right=-1.0))(u2)
+  outside = (grid[None] < u2[:, :1]) | (grid[None] > u2[:, -1:]) | (pos < 0)
+  lo = xp.clip(xp.floor(pos).astype(xp.int32), 0, n - 1)
+  hi = xp.clip(lo + 1, 0, n - 1)
+  w = xp.clip(pos - lo.astype(f32), 0.0, 1.0)
+  f = xp.where(b2, 0.0, f2)
+  v = xp.where(b2, 0.0, v2)
+  take = lambda a, i: xp.take_along_axis(a, i, axis=1)
+  out_flux = (1 - w) * take(f, lo) + w * take(f, hi)
+  out_ivar = (1 - w) * take(v, lo) + w * take(v, hi)
+  out_bad = outside | (take(b2, lo) & (w < 1.0)) | (take(b2, hi) & (w > 0.0))
+  out_flux = xp.where(out_bad, 0.0, out_flux).astype(f32)
+  out_ivar = xp.where(out_bad, 0.0, out_ivar).astype(f32)
+  out_shape = shape[:-1] + (npix,)
+  return out_flux.reshape(out_shape), out_ivar.reshape(out_shape), out_bad.reshape(out_shape)
 
 
 # --- labels ----------------------------------------------------------------------------
@@ -132,3 +155,139 @@ def subtype_number(subclass: str):
   if not digits:
     return None
   return float(SUBTYPE_BASE[letter] + float(digits))
+
+
+# --- normalisation ---------------------------------------------------------------------
+#
+# Every function here takes `xp`, the array module: numpy (default) for data preparation,
+# or jax.numpy inside a jit-compiled scan step.  One implementation serves both, so the
+# scan sees exactly the inputs the models were trained on.  Shapes are (..., npix).
+
+TAN_NPIX = 3700
+TAN_MEDIAN_WIDTH = 9
+CONTINUUM_BLOCK = 200
+
+
+def _cummax(a, xp):
+  if xp is np:
+    return np.maximum.accumulate(a, axis=-1)
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.lax.cummax(a, axis=a.ndim - 1)
+
+
+def fill_masked(flux, mask, xp=np):
+  """Replaces bad pixels by linear interpolation between the nearest good neighbours.
+
+  Bad = `mask` True or flux not finite.  Bad runs at either end take the nearest good
+  value; a row with no good pixel becomes all zeros.  Returns float32.
+  """
+  flux = xp.asarray(flux, dtype=xp.float32)
+  bad = xp.asarray(mask, dtype=bool) | ~xp.isfinite(flux)
+  good = ~bad
+  n = flux.shape[-1]
+  idx = xp.arange(n)
+  prev = _cummax(xp.where(good, idx, -1), xp)
+  # The next good pixel is the previous good one of the reversed row.
+  nxt = n - 1 - xp.flip(_cummax(xp.where(xp.flip(good, -1), idx, -1), xp), -1)
+  has_prev, has_next = prev >= 0, nxt < n
+  p, q = xp.clip(prev, 0, n - 1), xp.clip(nxt, 0, n - 1)
+  clean = xp.where(good, flux, 0.0)
+  fp = xp.take_along_axis(clean, xp.broadcast_to(p, clean.shape), axis=-1)
+  fq = xp.take_along_axis(clean, xp.broadcast_to(q, clean.shape), axis=-1)
+  t = (idx - p) / xp.maximum(q - p, 1)
+  inner = fp + (fq - fp) * t
+  edge = xp.where(has_prev, fp, xp.where(has_next, fq, 0.0))
+  value = xp.where(has_prev & has_next, inner, edge)
+  return xp.where(good, flux, value).astype(xp.float32)
+
+
+def median_filter(x, width: int = TAN_MEDIAN_WIDTH, xp=np):
+  """Running median along the last axis, edges reflected (scipy.ndimage mode='reflect')."""
+  if width % 2 != 1:
+    raise ValueError(f"median filter width must be odd, got {width}")
+  h = width // 2
+  pad = [(0, 0)] * (x.ndim - 1) + [(h, h)]
+  # numpy's 'symmetric' padding repeats the edge sample, which is scipy's 'reflect'.
+  padded = xp.pad(x, pad, mode="symmetric")
+  n = x.shape[-1]
+  windows = xp.stack([padded[..., i:i + n] for i in range(width)], axis=-1)
+  return xp.sort(windows, axis=-1)[..., h]
+
+
+def tan_normalise(flux, mask=None, xp=np, npix: int = TAN_NPIX,
+                  width: int = TAN_MEDIAN_WIDTH):
+  """Tan et al. (2023) input: first `npix` grid pixels, min-max to [0, 1], median filter.
+
+  Bad pixels (mask True or non-finite) are first filled by interpolation from their good
+  neighbours, so a dead pixel cannot become the minimum.  Negative fluxes are kept: they
+  are noise around zero flux and min-max maps them into range like any other value.  A
+  constant or fully masked spectrum gives all zeros rather than NaN.  Returns float32
+  (..., npix) in [0, 1].
+  """
+  if flux.shape[-1] < npix:
+    raise ValueError(f"tan_normalise needs >= {npix} pixels, got {flux.shape[-1]}")
+  flux = xp.asarray(flux)[..., :npix]
+  mask = xp.zeros(flux.shape, bool) if mask is None else xp.asarray(mask)[..., :npix]
+  f = fill_masked(flux, mask, xp)
+  lo = xp.min(f, axis=-1, keepdims=True)
+  span = xp.max(f, axis=-1, keepdims=True) - lo
+  scaled = xp.where(span > 0, (f - lo) / xp.where(span > 0, span, 1.0), 0.0)
+  return median_filter(scaled.astype(xp.float32), width, xp)
+
+
+def continuum_normalise(flux, ivar, mask=None, xp=np, block: int = CONTINUUM_BLOCK):
+  """Flux divided by a robust smooth continuum (input of the Wang et al. 2021 ResNet).
+
+  Continuum: the median of the good pixels in consecutive blocks of `block` pixels
+  (200 px = 0.02 dex, about 190 A at 4000 A and 420 A at 9000 A), linearly interpolated
+  between block centres.  Block medians follow the SED and the instrument response but
+  not narrow lines; the broad Balmer wings of white dwarfs are partly absorbed into it,
+  which keeps every class on the same footing without a per-class fitting step.
+  A block with no good pixel, or with a median below 5% of the spectrum's overall
+  median (a low-S/N blue end), takes the continuum interpolated from its neighbours.
+  Bad pixels (mask, ivar <= 0, non-finite) are filled from good neighbours first and get
+  ivar 0.  A spectrum with no good pixel or a non-positive overall median gives zeros.
+
+  Returns (flux / continuum, ivar * continuum**2), float32, shape (..., npix).
+  """
+  flux = xp.asarray(flux, dtype=xp.float32)
+  ivar = xp.asarray(ivar, dtype=xp.float32)
+  bad = ~xp.isfinite(flux) | ~xp.isfinite(ivar) | ~(ivar > 0)
+  if mask is not None:
+    bad = bad | xp.asarray(mask, dtype=bool)
+  n = flux.shape[-1]
+  nblock = -(-n // block)
+  lead = [(0, 0)] * (flux.ndim - 1)
+  with_nan = xp.pad(xp.where(bad, xp.nan, flux), lead + [(0, nblock * block - n)],
+                    constant_values=xp.nan)
+  blocks = with_nan.reshape(flux.shape[:-1] + (nblock, block))
+  # All-NaN blocks and rows are expected here and are repaired below.
+  with np.errstate(all="ignore"):
+    med = _nanmedian(blocks, xp)
+    scale = _nanmedian(with_nan, xp)[..., None]
+  ok = xp.isfinite(scale) & (scale > 0)
+  valid = xp.isfinite(med) & (med > 0.05 * xp.where(ok, scale, 1.0))
+  med = fill_masked(med, ~valid, xp)
+  left, w = _block_weights(n, nblock, block)
+  cont = (1 - w) * med[..., left] + w * med[..., np.minimum(left + 1, nblock - 1)]
+  cont = xp.where(ok & (cont > 0), cont, 1.0)
+  norm = xp.where(ok, fill_masked(flux, bad, xp) / cont, 0.0)
+  nivar = xp.where(ok & ~bad, ivar * cont ** 2, 0.0)
+  return norm.astype(xp.float32), nivar.astype(xp.float32)
+
+
+def _nanmedian(a, xp):
+  if xp is np:
+    import warnings  # pylint: disable=g-import-not-at-top
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      return np.nanmedian(a, axis=-1)
+  return xp.nanmedian(a, axis=-1)
+
+
+def _block_weights(n, nblock, block):
+  """Left block index and weight of the right one for each pixel (static numpy)."""
+  centres = (np.arange(nblock) + 0.5) * block - 0.5
+  pos = np.clip((np.arange(n) - centres[0]) / block, 0, nblock - 1)
+  left = np.minimum(np.floor(pos).astype(np.int64), max(nblock - 2, 0))
+  return left, (pos - left).astype(np.float32)

@@ -1,0 +1,29 @@
+"""Small real samples shipped with the package (each folder has a PROVENANCE.md).
+
+spectra/  59 LAMOST LRS spectra covering every file layout (see spectra/index.csv).
+"""
+
+import csv
+import importlib.resources
+import pathlib
+
+
+def sample_dir(name: str = "spectra") -> pathlib.Path:
+  """Path of a bundled sample folder, e.g. sample_dir() / 'index.csv'."""
+  path = importlib.resources.files(__name__) / name
+  if not path.is_dir():
+    raise FileNotFoundError(f"astrotl has no bundled sample {name!r}")
+  real = pathlib.Path(str(path))
+  if not real.is_dir():  # e.g. imported from a zip archive
+    raise FileNotFoundError(f"bundled sample {name!r} is not a folder on disk ({path})")
+  return real
+
+
+def sample_index(name: str = "spectra") -> list[dict]:
+  """Rows of a sample's index.csv; each row's 'path' is the file's absolute path."""
+  folder = sample_dir(name)
+  with open(folder / "index.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  for row in rows:
+    row["path"] = folder / row["file"]
+  return rows

@@ -1,0 +1,193 @@
+"""Catalogs: the LAMOST general catalog and extracts of it (CSV / FITS), known-object
+lists, and the sky cross-match.
+
+Columns are read as plain numpy arrays.  Names are lower-cased and a leading
+'combined_' is dropped (LAMOST's joined catalogs prefix every column with it), and
+columns are then found by aliases (`file`, `filename`, `ra_obs`, ...).  Every lookup
+takes an explicit override, and a missing column is an error that lists the columns
+the file does have.
+"""
+
+import gzip
+import os
+import pathlib
+
+import numpy as np
+
+from astrotl.io import SpectrumError
+
+
+class CatalogError(SpectrumError):
+  """A catalog could not be read or lacks a needed column (path + reason)."""
+
+_TEXT_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz", ".tsv", ".tsv.gz", ".dat", ".dat.gz")
+_FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz")
+SUFFIXES = _TEXT_SUFFIXES + _FITS_SUFFIXES
+
+
+def column_name(name: str) -> str:
+  name = str(name).strip().lower()
+  return name[len("combined_"):] if name.startswith("combined_") else name
+
+
+def read_table(path) -> dict:
+  """Reads a CSV (',', '|' or tab separated, optionally gzipped) or FITS table.
+
+  Returns {column name: numpy array}; text columns are str arrays.  Raises
+  SpectrumError naming the file if it cannot be read.
+  """
+  name = os.fspath(path).lower()
+  if name.endswith(_FITS_SUFFIXES):
+    columns = _read_fits(path)
+  elif name.endswith(_TEXT_SUFFIXES):
+    columns = _read_text(path)
+  else:
+    raise CatalogError(path, f"not a catalog: expected one of {', '.join(SUFFIXES)}")
+  out = {}
+  for key, values in columns.items():
+    key = column_name(key)
+    if key and key not in out:
+      out[key] = values
+  if not out:
+    raise CatalogError(path, "catalog has no columns")
+  return out
+
+
+def _read_text(path):
+  import pyarrow
+  import pyarrow.csv
+
+  opener = gzip.open if os.fspath(path).lower().endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      first = f.readline(65536)
+  except (OSError, EOFError) as e:
+    raise CatalogError(path, f"cannot read catalog: {e}") from None
+  delimiter = max((",", "|", "\t"), key=lambda d: first.count(d.encode()))
+  try:
+    table = pyarrow.csv.read_csv(os.fspath(path),
+                                 parse_options=pyarrow.csv.ParseOptions(delimiter=delimiter))
+  except (OSError, pyarrow.ArrowException) as e:
+    raise CatalogError(path, f"cannot parse catalog: {e}") from None
+  out = {}
+  for name, column in zip(table.column_names, table.columns):
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype == object:
+      values = np.array(["" if v is None else str(v) for v in values], dtype=str)
+    out[name] = values
+  return out
+
+
+def _read_fits(path):
+  from astropy.io import fits
+
+  try:
+    with fits.open(path, memmap=False) as hdul:
+      table = next((h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))), None)
+      if table is None:
+        raise CatalogError(path, "FITS catalog has no table HDU")
+      data = table.data
+      out = {}
+      for name in table.columns.names:
+        values = np.asarray(data[name])
+        if values.dtype.kind == "S":
+          values = np.char.strip(np.char.decode(values, "ascii", "replace"))
+        out[name] = values.astype(values.dtype.newbyteorder("="))
+      return out
+  except SpectrumError:
+    raise
+  except Exception as e:  # astropy raises many exception types for damaged files
+    raise CatalogError(path, f"cannot read FITS catalog ({type(e).__name__}: {e})") from None
+
+
+def lamost_filename(lmjd, planid, spid, fiberid) -> str:
+  """The archive name of an LRS spectrum: spec-LMJD-PLANID_spSS-FFF.fits (no .gz)."""
+  return f"spec-{int(float(lmjd))}-{str(planid).strip()}_sp{int(float(spid)):02d}-" \
+         f"{int(float(fiberid)):03d}.fits"
+
+
+PATH_ALIASES = ("path", "file", "filename", "fits_file", "spec_file", "fitsname")
+OBSID_ALIASES = ("obsid", "obs_id")
+RA_ALIASES = ("ra", "ra_obs", "raj2000", "ra_deg", "plug_ra")
+DEC_ALIASES = ("dec", "dec_obs", "dej2000", "decj2000", "dec_deg", "plug_dec")
+
+
+def find_column(table: dict, aliases, path="catalog", what="column", override=None):
+  """Name of the first column matching `aliases` (case-insensitive), or `override`."""
+  if override:
+    override = column_name(override)
+    if override not in table:
+      raise CatalogError(path, f"no column {override!r}; columns are {sorted(table)}")
+    return override
+  lower = {c.lower(): c for c in table}
+  for a in aliases:
+    if a in lower:
+      return lower[a]
+  return None
+
+
+def require_column(table, aliases, path, what, flag, override=None):
+  col = find_column(table, aliases, path, what, override)
+  if col is None:
+    raise CatalogError(path, f"no {what} column (looked for {', '.join(aliases)}); "
+                       f"columns are {sorted(table)}; name it with {flag}")
+  return col
+
+
+def lamost_relative_path(obsdate, planid, lmjd, spid, fiberid) -> str:
+  """LAMOST archive layout: YYYYMMDD/PLANID/spec-LMJD-PLANID_spSS-FFF.fits.gz."""
+  day = str(obsdate).replace("-", "")[:8]
+  return f"{day}/{str(planid).strip()}/{lamost_filename(lmjd, planid, spid, fiberid)}.gz"
+
+
+def spectrum_paths(catalog_path, root=None, path_column=None) -> tuple[list[str], dict]:
+  """File paths listed by a catalog, joined to `root`; and the table itself.
+
+  Uses a path/file column if there is one; otherwise builds LAMOST archive paths from
+  obsdate, planid, lmjd, spid and fiberid (the general catalog's columns).
+  """
+  table = read_table(catalog_path)
+  col = find_column(table, PATH_ALIASES, catalog_path, "path", path_column)
+  if col is not None:
+    rel = [str(v).strip() for v in table[col]]
+  else:
+    need = ("obsdate", "planid", "lmjd", "spid", "fiberid")
+    lower = {c: c for c in table}
+    missing = [n for n in need if n not in lower]
+    if missing:
+      raise CatalogError(catalog_path, f"no file-path column ({', '.join(PATH_ALIASES)}) and "
+                         f"cannot build LAMOST paths: missing {missing}; columns are "
+                         f"{sorted(table)}; name the path column with --path_column")
+    cols = [table[lower[n]] for n in need]
+    rel = [lamost_relative_path(*row) for row in zip(*cols)]
+  base = pathlib.Path(root) if root else pathlib.Path(catalog_path).parent
+  return [str(p if pathlib.Path(p).is_absolute() else base / p) for p in rel], table
+
+
+def radec(table, path="catalog", ra_column=None, dec_column=None):
+  ra = require_column(table, RA_ALIASES, path, "RA", "--ra_column", ra_column)
+  dec = require_column(table, DEC_ALIASES, path, "Dec", "--dec_column", dec_column)
+  return np.asarray(table[ra], float), np.asarray(table[dec], float)
+
+
+def crossmatch(ra, dec, known_ra, known_dec, radius_arcsec: float = 3.0):
+  """For each (ra, dec): index of the nearest known object within the radius (-1 if
+  none) and its separation in arcsec (NaN where there is no position)."""
+  from astropy import units as u
+  from astropy.coordinates import SkyCoord
+  ra, dec = np.asarray(ra, float), np.asarray(dec, float)
+  idx = np.full(len(ra), -1, np.int64)
+  sep = np.full(len(ra), np.nan)
+  ok = np.isfinite(ra) & np.isfinite(dec)
+  kok = np.isfinite(known_ra) & np.isfinite(known_dec)
+  if not ok.any() or not kok.any():
+    return idx, sep
+  kidx = np.flatnonzero(kok)
+  c = SkyCoord(ra[ok] * u.deg, dec[ok] * u.deg)
+  k = SkyCoord(np.asarray(known_ra)[kok] * u.deg, np.asarray(known_dec)[kok] * u.deg)
+  j, d2, _ = c.match_to_catalog_sky(k)
+  d = d2.to(u.arcsec).value
+  hit = d <= radius_arcsec
+  idx[np.flatnonzero(ok)[hit]] = kidx[j[hit]]
+  sep[ok] = d
+  return idx, sep

@@ -1,0 +1,160 @@
+"""SDSS / BOSS `spec-PLATE-MJD-FIBER.fits[.gz]` files.
+
+Layout (idlspec2d, SDSS-III/IV): HDU1 `COADD` is a table with one row per pixel
+(flux, loglam, ivar, and_mask, or_mask, wdisp, sky, model); HDU2 `SPALL`, when present,
+holds the pipeline's classification.  Wavelengths are vacuum, flux is in
+1e-17 erg/s/cm^2/A.  A pixel is bad where ivar <= 0, flux is not finite, or any
+AND_MASK bit is set (the condition held in every exposure).
+"""
+
+import gzip
+import io
+import os
+import zlib
+
+import numpy as np
+from astropy.io import fits
+
+from astrotl.io import Spectrum, SpectrumError
+
+_SNR_BANDS = ("u", "g", "r", "i", "z")
+
+
+def read(path) -> Spectrum:
+  """Reads one SDSS/BOSS spec file; raises SpectrumError naming the file for bad input."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise SpectrumError(path, "no such file")
+  if os.path.getsize(path) == 0:
+    raise SpectrumError(path, "empty file")
+  try:
+    raw = _file_bytes(path)
+    with fits.open(io.BytesIO(raw), memmap=False) as hdus:
+      return _read_open(path, hdus)
+  except SpectrumError:
+    raise
+  except (OSError, EOFError, zlib.error) as e:
+    raise SpectrumError(path, f"not a readable FITS file ({type(e).__name__}: {e})") from e
+  except (ValueError, TypeError, KeyError, IndexError) as e:
+    raise SpectrumError(path, f"malformed SDSS spec file ({type(e).__name__}: {e})") from e
+
+
+def _file_bytes(path):
+  """The whole (decompressed) file.
+
+  astropy silently drops the HDUs after a truncation point, and the COADD sits near
+  the start, so a cut-off download would otherwise read as a good spectrum.
+  """
+  with open(path, "rb") as f:
+    raw = f.read()
+  if raw[:2] == b"\x1f\x8b":
+    try:
+      raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+      raise SpectrumError(path, f"truncated or corrupt gzip stream ({e})") from e
+  if not raw.startswith(b"SIMPLE  ="):
+    raise SpectrumError(path, "not a FITS file (no SIMPLE card at the start)")
+  if len(raw) % 2880:
+    raise SpectrumError(path, f"truncated FITS file ({len(raw)} bytes, not a multiple of 2880)")
+  return raw
+
+
+def _read_open(path, hdus):
+  names = [h.name.upper() for h in hdus]
+  if "COADD" in names:
+    coadd = hdus[names.index("COADD")]
+  elif len(hdus) > 1 and isinstance(hdus[1], fits.BinTableHDU):
+    coadd = hdus[1]
+  else:
+    raise SpectrumError(path, "no COADD table (HDU1) -- not an SDSS/BOSS spec file")
+  if not isinstance(coadd, fits.BinTableHDU) or coadd.data is None:
+    raise SpectrumError(path, "COADD HDU is not a table with data")
+  cols = {c.lower(): c for c in coadd.columns.names}
+  for need in ("flux", "loglam", "ivar"):
+    if need not in cols:
+      raise SpectrumError(path, f"COADD table has no '{need}' column")
+  data = coadd.data
+  if len(data) == 0:
+    raise SpectrumError(path, "COADD table has no rows")
+  loglam = np.asarray(data[cols["loglam"]], np.float64)
+  flux = np.asarray(data[cols["flux"]], np.float32)
+  ivar = np.asarray(data[cols["ivar"]], np.float32)
+  if not np.all(np.isfinite(loglam)) or np.any(np.diff(loglam) <= 0):
+    raise SpectrumError(path, "loglam is not finite and strictly increasing")
+  mask = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar <= 0)
+  if "and_mask" in cols:
+    mask |= np.asarray(data[cols["and_mask"]]) != 0
+  if mask.all():
+    raise SpectrumError(path, "all pixels are bad (ivar = 0, non-finite or AND_MASK set)")
+  flux = np.where(mask, 0.0, flux).astype(np.float32)
+  ivar = np.where(mask, 0.0, ivar).astype(np.float32)
+  meta = _meta(path, hdus[0].header, _spall_row(hdus, names))
+  return Spectrum(wavelength=10.0 ** loglam, flux=flux, ivar=ivar, mask=mask, meta=meta)
+
+
+def _spall_row(hdus, names):
+  if "SPALL" not in names:
+    return None
+  table = hdus[names.index("SPALL")].data
+  if table is None or len(table) == 0:
+    return None
+  return table[0]
+
+
+def _meta(path, header, spall):
+  """Header values under the LAMOST reader's keys; None where the file lacks them."""
+
+  def get(col, key=None):
+    # The primary header keeps float64 where SPALL has float32 (e.g. PLUG_RA), so it wins.
+    if key is not None and key in header:
+      return header[key]
+    if spall is not None and col in spall.array.names:
+      return spall[col]
+    return None
+
+  plate, mjd, fiber = get("PLATE", "PLATEID"), get("MJD", "MJD"), get("FIBERID", "FIBERID")
+  obsid = None
+  if plate is not None and mjd is not None and fiber is not None:
+    obsid = f"{int(plate):04d}-{int(mjd):05d}-{int(fiber):04d}"
+  meta = {
+      "survey": "SDSS",
+      "obsid": obsid,
+      "designation": None,
+      "ra": _num(get("PLUG_RA", "PLUG_RA")),
+      "dec": _num(get("PLUG_DEC", "PLUG_DEC")),
+      "class": _text(get("CLASS")),
+      "subclass": _text(get("SUBCLASS")),
+      "z": _num(get("Z")),
+      "plate": _int(plate),
+      "mjd": _int(mjd),
+      "fiberid": _int(fiber),
+      "lmjd": None,
+      "planid": None,
+      "spid": None,
+      "data_release": None,
+      "pipeline": _text(get("RUN2D", "RUN2D")),
+      "file": os.path.basename(path),
+  }
+  sn = get("SN_MEDIAN")
+  sn = np.ravel(sn) if sn is not None else ()
+  for i, band in enumerate(_SNR_BANDS):
+    meta[f"snr_{band}"] = _num(sn[i]) if i < len(sn) else None
+  return meta
+
+
+def _num(v):
+  if v is None:
+    return None
+  v = float(v)
+  return v if np.isfinite(v) else None
+
+
+def _int(v):
+  return None if v is None else int(v)
+
+
+def _text(v):
+  if v is None:
+    return None
+  v = str(v).strip()
+  return v or None
