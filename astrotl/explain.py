@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Main lines of stellar spectra, Angstrom (air).  Keys are plot labels.
+# Main lines and bands of stellar spectra in Angstrom (air, rounded).  LAMOST wavelengths
+# are vacuum, 1-2 A redder: about one pixel, below the maps' resolution.  Keys are labels.
 LINES = {
     "Ca II K": 3934.0,
     "Ca II H": 3968.0,
