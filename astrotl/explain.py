@@ -9,7 +9,9 @@ each channel by its mean gradient and keeps the positive part:
     cam[l] = relu(sum_c mean_l'(d score / d A[l', c]) * A[l, c])
 
 The score is the logit of the target class (classification) or the single output
-(regression: any model with one output).  The map is interpolated linearly from L'
+(regression: any model with one output), times `sign`.  With sign = -1 the map shows
+what lowers the score instead: for a regression, the evidence for a *smaller* value
+(e.g. an earlier spectral subtype), which the relu of the plain map discards.  The map is interpolated linearly from L'
 feature positions to the input's pixels and divided by its maximum, so every spectrum's
 map lies in [0, 1] with max 1 (all zeros where nothing raises the score).
 """
@@ -45,7 +47,7 @@ def _upsample(m, length: int):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _cam(model, variables, flux, target):
+def _cam(model, variables, flux, target, sign):
   variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
 
   def score(perturbation):
@@ -57,7 +59,7 @@ def _cam(model, variables, flux, target):
       t = jnp.where(target < 0, jnp.argmax(out, -1), target)
       s = jnp.sum(out * jax.nn.one_hot(t, out.shape[-1], dtype=out.dtype), -1)
     # Examples are independent in eval mode, so the gradient of the sum is per example.
-    return jnp.sum(s), state["intermediates"]["features"][0]
+    return jnp.sum(sign * s), state["intermediates"]["features"][0]
 
   shape = jax.eval_shape(lambda x: model.apply(variables, x, train=False,
                                                mutable=["intermediates"]), flux)
@@ -71,7 +73,7 @@ def _cam(model, variables, flux, target):
   return jnp.where(peak > 0, m / jnp.where(peak > 0, peak, 1.0), 0.0)
 
 
-def cam(model, variables, flux, target=None, batch_size: int = 128) -> np.ndarray:
+def cam(model, variables, flux, target=None, sign=1.0, batch_size: int = 128) -> np.ndarray:
   """Grad-CAM of `model` for each spectrum in `flux` (batch, length), on its pixels.
 
   Args:
@@ -80,6 +82,7 @@ def cam(model, variables, flux, target=None, batch_size: int = 128) -> np.ndarra
     flux: (batch, length) model inputs.
     target: class index per spectrum (int or (batch,) ints) for a classifier; None =
       the predicted class.  Must be None for a regression (one-output) model.
+    sign: +1 (default) or -1, one per spectrum or for all: -1 maps what lowers the score.
     batch_size: spectra per compiled call; the last chunk is padded, so one compilation.
   Returns:
     float32 (batch, length), non-negative, max 1 per spectrum (or all zeros).
@@ -94,6 +97,9 @@ def cam(model, variables, flux, target=None, batch_size: int = 128) -> np.ndarra
     target = np.broadcast_to(np.asarray(target, np.int32), (n,))
     if np.any(target < 0):
       raise ValueError("cam: target class indices must be >= 0 (or target=None for argmax)")
+  sign = np.broadcast_to(np.asarray(sign, np.float32), (n,))
+  if not np.all(np.abs(sign) == 1):
+    raise ValueError("cam: sign must be +1 or -1 (per spectrum or for all)")
   variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
   if "features" not in _feature_names(model, variables, flux[:1]):
     raise ValueError(f"cam: model {type(model).__name__} does not sow `intermediates/features`; "
@@ -107,12 +113,11 @@ def cam(model, variables, flux, target=None, batch_size: int = 128) -> np.ndarra
   batch_size = min(batch_size, max(n, 1))
   outs = []
   for start in range(0, n, batch_size):
-    x, t = flux[start:start + batch_size], target[start:start + batch_size]
-    pad = batch_size - len(x)
+    chunk = [a[start:start + batch_size] for a in (flux, target, sign)]
+    pad = batch_size - len(chunk[0])
     if pad:
-      x = np.concatenate([x, np.repeat(x[:1], pad, 0)])
-      t = np.concatenate([t, np.repeat(t[:1], pad, 0)])
-    outs.append(np.asarray(_cam(model, variables, x, t))[:batch_size - pad])
+      chunk = [np.concatenate([a, np.repeat(a[:1], pad, 0)]) for a in chunk]
+    outs.append(np.asarray(_cam(model, variables, *chunk))[:batch_size - pad])
   return np.concatenate(outs) if outs else np.zeros((0, flux.shape[1]), np.float32)
 
 

@@ -43,9 +43,10 @@ def test_cam_of_global_pool_and_linear_head_is_weighted_feature_map():
   _, inter = model.apply(v, x, capture_intermediates=True)
   a = np.asarray(inter["intermediates"]["block_1"]["__call__"][0])
   w = np.asarray(v["params"]["head"]["kernel"])[:, 0]
-  want = _upsample(np.maximum(a @ w, 0), 256)
-  want /= want.max(1, keepdims=True)
-  np.testing.assert_allclose(explain.cam(model, v, x), want, atol=1e-5)
+  for sign in (1, -1):
+    want = _upsample(np.maximum(sign * (a @ w), 0), 256)
+    want /= want.max(1, keepdims=True)
+    np.testing.assert_allclose(explain.cam(model, v, x, sign=sign), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -75,6 +76,8 @@ def test_clear_errors():
   x = np.zeros((2, 300), np.float32)
   with pytest.raises(ValueError, match="target must be None for a regression"):
     explain.cam(model, v, x, target=0)
+  with pytest.raises(ValueError, match="sign must be"):
+    explain.cam(model, v, x, sign=0.5)
   with pytest.raises(ValueError, match=r"flux must be \(batch, length\)"):
     explain.cam(model, v, x[0])
   cls, cv = _model("cnn1d")
