@@ -225,7 +225,7 @@ def plot_mean_cams(path, wave, cams, letters):
     ax.axvline(w, color="k", lw=0.4, ls=":")
     ax.text(w, 1.02, name, fontsize=6, ha="center", transform=ax.get_xaxis_transform())
   ax.set_xlabel("wavelength (Angstrom)")
-  ax.set_ylabel("mean Grad-CAM")
+  ax.set_ylabel("mean Grad-CAM (away from the mean type)")
   ax.legend(fontsize=7, ncol=5)
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
@@ -319,13 +319,23 @@ def main(argv):
   plot_transfer(workdir / "transfer.png", transfer, sizes)
 
   # --- class-activation maps --------------------------------------------------------------------
+  # A regression map with the plain sign only shows what pushes the prediction to later
+  # types; for stars predicted earlier than the training mean the evidence is what pulls
+  # it down, so each star is explained in the direction it moved from the mean.
   wave = binned(spectra.wavelength_grid(), c.bin)
-  cams = explain.cam(keep["model"], keep["variables"], d["x"][te])
-  letters = d["letter"][te]
+  xs, letters = d["x"][te], d["letter"][te]
+  centre = float(np.mean(d["subtype"][tr]))
+  signs = np.where(keep["pred"] < centre, -1.0, 1.0)
+  cams = explain.cam(keep["model"], keep["variables"], xs, sign=signs)
   plot_mean_cams(workdir / "cam_mean.png", wave, cams, letters)
-  res["cam"] = {"line_contrast_by_letter": {
-      l: explain.line_contrast(wave, cams[letters == l]) for l in sorted(set(letters))},
-      "examples": {}}
+  by_letter = lambda m: {l: explain.line_contrast(wave, m[letters == l])
+                         for l in sorted(set(letters))}
+  res["cam"] = {"training_mean_subtype": centre,
+                "line_contrast_by_letter": by_letter(cams),
+                "line_contrast_later": by_letter(explain.cam(keep["model"], keep["variables"], xs)),
+                "line_contrast_earlier": by_letter(
+                    explain.cam(keep["model"], keep["variables"], xs, sign=-1)),
+                "examples": {}}
   for letter in c.cam_examples:
     idx = np.flatnonzero(letters == letter)
     if not idx.size:
@@ -335,7 +345,8 @@ def main(argv):
     path = workdir / f"cam_{letter}.png"
     explain.plot_cam(wave, d["x"][j], cams[i], path,
                      title=f"{d['file'][j]}  {d['subclass'][j]} (true {d['subtype'][j]:.0f}, "
-                     f"predicted {keep['pred'][i]:.1f}), SNR_g {d['snr'][j]:.0f}")
+                     f"predicted {keep['pred'][i]:.1f}), SNR_g {d['snr'][j]:.0f}; map: what "
+                     f"moves it {'earlier' if signs[i] < 0 else 'later'} than {centre:.1f}")
     res["cam"]["examples"][letter] = {"file": str(d["file"][j]), "subclass": str(d["subclass"][j]),
                                       "predicted": float(keep["pred"][i]), "png": path.name,
                                       "line_contrast": explain.line_contrast(wave, cams[i])}
