@@ -124,22 +124,35 @@ def read_record(step_dir) -> dict:
 _META_KEY = "__meta__"
 
 
-def save_bundle(path, trees: dict, meta: dict, dtype=np.float16) -> None:
+def save_bundle(path, trees: dict, meta: dict, dtype=np.float16, int8=()) -> None:
   """Writes {name: variables} and `meta` to `path` (.npz); float leaves stored as `dtype`.
 
-  float16 halves the size of the bundled model; `load_bundle` returns float32.
+  `int8`: regexes over `name/leaf/path`; matching 2-D kernels are stored as int8 with
+  one float32 scale per output column (symmetric, max-abs), a quarter of float32.
+  float16 and int8 keep the bundled model small; `load_bundle` returns float32.
   """
+  import re
   from astrotl import surgery
+  quantized = [re.compile(p) for p in int8]
   arrays = {}
   for name, tree in trees.items():
     for leaf_path, value in surgery.flatten(tree).items():
+      key = f"{name}/{leaf_path}"
       value = np.asarray(value)
-      arrays[f"{name}/{leaf_path}"] = value.astype(dtype) if value.dtype.kind == "f" else value
+      if value.ndim == 2 and value.dtype.kind == "f" and any(q.fullmatch(key) for q in quantized):
+        scale = np.maximum(np.abs(value).max(axis=0), 1e-30) / 127.0
+        arrays[key + _INT8] = np.round(value / scale).astype(np.int8)
+        arrays[key + _SCALE] = scale.astype(np.float32)
+        continue
+      arrays[key] = value.astype(dtype) if value.dtype.kind == "f" else value
   arrays[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
   path = pathlib.Path(path)
   tmp = path.with_name(path.name + ".tmp.npz")
   np.savez_compressed(tmp, **arrays)
   tmp.replace(path)
+
+
+_INT8, _SCALE = "@int8", "@scale"
 
 
 def load_bundle(path) -> tuple[dict, dict]:
@@ -151,8 +164,15 @@ def load_bundle(path) -> tuple[dict, dict]:
       if _META_KEY not in z:
         raise CheckpointError(f"{path}: not an astrotl model bundle (no {_META_KEY} entry)")
       meta = json.loads(bytes(z[_META_KEY]).decode())
-      flat = {k: z[k].astype(np.float32) if z[k].dtype.kind == "f" else z[k]
-              for k in z.files if k != _META_KEY}
+      flat = {}
+      for k in z.files:
+        if k == _META_KEY or k.endswith(_SCALE):
+          continue
+        if k.endswith(_INT8):
+          base = k[:-len(_INT8)]
+          flat[base] = z[k].astype(np.float32) * z[base + _SCALE].astype(np.float32)
+        else:
+          flat[k] = z[k].astype(np.float32) if z[k].dtype.kind == "f" else z[k]
   except (OSError, ValueError, EOFError) as e:
     raise CheckpointError(f"{path}: cannot read model bundle ({type(e).__name__}: {e})") from e
   return surgery.unflatten(flat), meta

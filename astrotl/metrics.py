@@ -54,3 +54,39 @@ def regression(y_true, y_pred, tolerances=(0.5, 1.0)) -> dict:
   for t in tolerances:
     out[f"within_{t:g}"] = float(np.mean(np.abs(err) <= t))
   return out
+
+
+# --- calibration ------------------------------------------------------------------------
+
+def _log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def nll(logits, labels, temperature: float = 1.0) -> float:
+  lp = _log_softmax(np.asarray(logits, np.float64) / temperature)
+  return float(-np.mean(lp[np.arange(len(labels)), np.asarray(labels, int)]))
+
+
+def fit_temperature(logits, labels, grid=np.logspace(-1.5, 1.5, 301)) -> float:
+  """Temperature scaling (Guo et al. 2017): the T minimising held-out NLL of softmax(z/T).
+
+  A 1-D grid search: robust, and exact enough (grid steps of 2.3%).
+  """
+  if len(labels) == 0:
+    raise ValueError("fit_temperature needs at least one held-out example")
+  losses = [nll(logits, labels, t) for t in grid]
+  return float(grid[int(np.argmin(losses))])
+
+
+def reliability(prob, hit, bins: int = 10) -> dict:
+  """Reliability diagram data for confidences `prob` and outcomes `hit` (bool), with
+  the expected calibration error (ECE)."""
+  prob, hit = np.asarray(prob, float), np.asarray(hit, float)
+  edges = np.linspace(0, 1, bins + 1)
+  which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
+  count = np.bincount(which, minlength=bins)
+  conf = np.bincount(which, prob, bins) / np.maximum(count, 1)
+  acc = np.bincount(which, hit, bins) / np.maximum(count, 1)
+  ece = float(np.sum(count * np.abs(acc - conf)) / max(len(prob), 1))
+  return {"edges": edges, "count": count, "confidence": conf, "accuracy": acc, "ece": ece}

@@ -249,6 +249,39 @@ def _evaluate(model, variables, split, config, mesh, predict_fn):
   return result
 
 
+def _resume_metrics(path, step, is_main) -> list:
+  """Records of an earlier run up to the restored `step`.  Lines a killed run wrote after
+  its last checkpoint are dropped from the file, since those steps will run again."""
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      r = json.loads(line)
+    except json.JSONDecodeError:  # a line cut short by the kill
+      continue
+    if r.get("step", 0) <= step:
+      records.append(r)
+  if is_main:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+  return records
+
+
+def _num_rows(split) -> int:
+  return len(split["x"]) if isinstance(split, dict) else len(split)
+
+
+def _take(split, idx) -> dict:
+  """Rows `idx` of a split: a dict of arrays, or an object with `take(idx)` that reads
+  them on demand (e.g. `astrotl.datasets.Rows` over an array_record dataset), so each
+  process reads only its own rows and a big dataset never has to fit in memory."""
+  if isinstance(split, dict):
+    return {"x": np.asarray(split["x"][idx]), "y": np.asarray(split["y"][idx])}
+  return split.take(idx)
+
+
 @dataclasses.dataclass
 class FitResult:
   state: TrainState
@@ -259,8 +292,13 @@ class FitResult:
 
 
 def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) -> FitResult:
-  """Trains `config.model` on `data['train']` ({'x', 'y'} numpy), validating on
-  `data['validation']` when present.  Resumes from `workdir` if it has checkpoints."""
+  """Trains `config.model` on `data['train']`, validating on `data['validation']`.
+
+  A split is {'x', 'y'} numpy arrays, or (train only) an object with `__len__` and
+  `take(indices) -> {'x', 'y'}` such as `astrotl.datasets.Rows`.  Resumes from `workdir`
+  if it has checkpoints; the data position needs no saving, because the batch of step s
+  is a pure function of (seed, s).
+  """
   config = merged_config(config)
   mesh = mesh or parallel.make_mesh()
   workdir = pathlib.Path(workdir)
@@ -268,7 +306,7 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) 
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
   train = data["train"]
-  n_train = len(train["x"])
+  n_train = _num_rows(train)
   if n_train == 0:
     raise ValueError("fit: the training split is empty")
   if config.batch_size % mesh.devices.size:
@@ -276,7 +314,7 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) 
                      f"{mesh.devices.size} devices")
 
   model = build_model(config)
-  fresh = init_variables(model, train["x"][:1], config.seed)
+  fresh = init_variables(model, _take(train, np.arange(1))["x"], config.seed)
   variables = transfer_variables(config, fresh, pretrained)
   tx = make_optimizer(config, variables["params"])
   frozen = frozen_pattern(config, variables["params"])
@@ -299,7 +337,7 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) 
   predict_fn = make_predict_fn(model, mesh)
   rows = parallel.process_rows(config.batch_size, mesh)
   metrics_path = workdir / "metrics.jsonl"
-  history = []
+  history = _resume_metrics(metrics_path, int(state.step), is_main)
   monitor = config.early_stopping_metric
   sign = 1.0 if monitor.endswith("loss") or monitor.endswith("mae") else -1.0
   bad_evals = 0
@@ -319,8 +357,7 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None) 
 
   for step in range(first, config.num_steps):
     idx = batch_indices(n_train, config.batch_size, step, config.seed)[rows]
-    local = {"x": np.asarray(train["x"][idx]), "y": np.asarray(train["y"][idx]),
-             "valid": np.ones(len(idx), bool)}
+    local = dict(_take(train, idx), valid=np.ones(len(idx), bool))
     state, m = step_fn(state, parallel.shard_batch(local, mesh, config.batch_size))
     done = step + 1
     if done % config.log_every == 0 or done == config.num_steps:

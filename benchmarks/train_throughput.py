@@ -59,9 +59,7 @@ def time_torch(batch, steps, length):
                          nn.MaxPool2d((1, 2), stride=s))
 
   chans, ks, ss = (1, 10, 10, 20, 30, 40, 50, 60, 60), (1, 2, 3, 4, 5, 7, 8, 9), (1, 2) * 4
-  feat = models.get("cnn1d").apply  # only to compute the flatten width below
-  del feat
-  width = 219 if length == 3700 else None
+  # Tan et al.'s CNN_Model1: Conv2d with 1xk kernels on (batch, 1, 1, length)
   net = nn.Sequential(*[block(chans[i], chans[i + 1], ks[i], ss[i]) for i in range(8)],
                       nn.Flatten(), nn.LeakyReLU(), nn.LazyLinear(1024), nn.Linear(1024, 7))
   device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -69,7 +67,6 @@ def time_torch(batch, steps, length):
   x = torch.rand(batch, 1, 1, length, device=device)
   y = torch.randint(0, 7, (batch,), device=device)
   net(x)  # materialise the lazy layer
-  del width
   opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
   loss_fn = nn.CrossEntropyLoss()
 

@@ -76,8 +76,12 @@ def test_fit_learns_and_resumes_from_checkpoint(tmp_path):
   full = train.fit(_cfg(), tmp_path / "full", _data())
   assert full.best["val_accuracy"] > 0.6
   first = train.fit(_cfg(num_steps=8), tmp_path / "part", _data())
+  with open(tmp_path / "part" / "metrics.jsonl", "a") as f:  # as if killed after step 8
+    f.write(json.dumps({"step": 9, "loss": -1.0}) + "\n" + '{"step": 10, "lo')
   resumed = train.fit(_cfg(), tmp_path / "part", _data())
-  assert [h["step"] for h in resumed.history if "loss" in h] == list(range(9, 13))
+  assert [h["step"] for h in resumed.history if "loss" in h] == list(range(1, 13))
+  logged = [json.loads(l) for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in logged if "loss" in r] == list(range(1, 13))
   want = {h["step"]: h["loss"] for h in full.history if "loss" in h}
   for h in resumed.history:
     if "loss" in h:
@@ -110,7 +114,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, caplog):
     if f.is_file() and f.stat().st_size > 0 and "state" in str(f):
       f.write_bytes(b"garbage")
   resumed = train.fit(_cfg(), tmp_path, _data())
-  assert [h["step"] for h in resumed.history if "loss" in h][0] == 5
+  assert [h["step"] for h in resumed.history if "loss" in h][4] == 5
   assert str(ckdir) in caplog.text
   assert (tmp_path / "checkpoints" / "8.corrupt").is_dir()
   # every checkpoint broken: one error naming the directory
@@ -189,3 +193,24 @@ def test_two_processes_train_like_one(tmp_path):
   assert set(one) == set(two) == set(range(1, 7))
   for s in one:
     assert two[s] == pytest.approx(one[s], rel=1e-4), s
+
+
+def test_model_bundle_round_trip_with_int8_kernels(tmp_path):
+  rng = np.random.default_rng(0)
+  tree = {"params": {"dense": {"kernel": rng.normal(size=(300, 16)).astype(np.float32),
+                               "bias": rng.normal(size=16).astype(np.float32)}},
+          "batch_stats": {"bn": {"mean": np.arange(3, dtype=np.float32)}}}
+  checkpoint.save_bundle(tmp_path / "m.npz", {"a": tree}, {"x": 1}, int8=("a/params/dense/kernel",))
+  trees, meta = checkpoint.load_bundle(tmp_path / "m.npz")
+  assert meta == {"x": 1}
+  k, want = trees["a"]["params"]["dense"]["kernel"], tree["params"]["dense"]["kernel"]
+  assert k.dtype == np.float32 and k.shape == want.shape
+  # symmetric int8 per column: error at most half a step of each column's scale
+  step = np.abs(want).max(0) / 127
+  assert np.all(np.abs(k - want) <= 0.5 * step + 1e-6)
+  np.testing.assert_allclose(trees["a"]["params"]["dense"]["bias"], tree["params"]["dense"]["bias"],
+                             rtol=1e-3)
+  np.testing.assert_array_equal(trees["a"]["batch_stats"]["bn"]["mean"], np.arange(3))
+  (tmp_path / "bad.npz").write_bytes(b"not a zip")
+  with pytest.raises(checkpoint.CheckpointError, match="bad.npz"):
+    checkpoint.load_bundle(tmp_path / "bad.npz")

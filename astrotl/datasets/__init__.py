@@ -43,5 +43,31 @@ def as_numpy(name: str, split: str, data_dir=None, indices=None, features=None) 
   return out
 
 
+class Rows:
+  """Random access to a prepared split for `train.fit`, reading rows on demand.
+
+  `take(indices)` reads just those examples through tfds.data_source (array_record), so
+  in a multi-process run each process reads only its own rows of every batch.
+  `x` and `y` name the features; `transform(x) -> x` runs on each batch (e.g. the Tan
+  normalisation of flux + mask: pass `x=("flux", "mask")` to get both).
+  """
+
+  def __init__(self, name, split, data_dir=None, x="flux", y="label", transform=None):
+    import tensorflow_datasets as tfds
+    _register(name)
+    self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    self.x, self.y, self.transform = x, y, transform
+
+  def __len__(self):
+    return len(self.source)
+
+  def take(self, indices) -> dict:
+    records = self.source.__getitems__([int(i) for i in indices])
+    keys = self.x if isinstance(self.x, (tuple, list)) else (self.x,)
+    xs = [np.stack([np.asarray(r[k]) for r in records]) for k in keys]
+    x = self.transform(*xs) if self.transform else xs[0]
+    return {"x": x, "y": np.array([r[self.y] for r in records])}
+
+
 def _text(value):
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)

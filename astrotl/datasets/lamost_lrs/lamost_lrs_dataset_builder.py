@@ -147,7 +147,10 @@ def mirror_sources(root) -> list:
     seen.add(name)
     labels = {k: _cell(v[i]) for k, v in columns.items() if v is not None}
     if labels.get("obsid") is not None:
-      labels["obsid"] = int(float(labels["obsid"]))
+      try:
+        labels["obsid"] = int(float(labels["obsid"]))
+      except ValueError:  # not a LAMOST obsid (e.g. an SDSS plate-mjd-fiber id)
+        labels["obsid"] = None
     out.append(Source(path, os.path.relpath(path, root),
                       _split_key(labels.get("designation"), labels.get("obsid"), name), labels))
   if missing:

@@ -1,0 +1,1 @@
+"""Command-line tools (make_mirror: a survey-sized test bed)."""

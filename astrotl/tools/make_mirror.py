@@ -1,0 +1,182 @@
+"""A survey-sized test bed: N spectra in the exact LAMOST DR9 COADD layout.
+
+  python -m astrotl.tools.make_mirror --n=20000 --out=/scratch/mirror
+
+Each file is a real bundled spectrum (any layout, resampled onto the DR9 template's
+wavelength row) with perturbed flux (a random scale and Gaussian noise at its own
+ivar) and a new obsid, position, designation and file name, written with the header
+of a real DR9 file.  The mirror uses LAMOST's archive layout
+(OBSDATE/PLANID/spec-LMJD-PLANID_spSS-FFF.fits.gz) and comes with a general-catalog
+CSV (catalog.csv) that `python -m astrotl.scan --catalog` reads.
+
+For benchmarks and pipeline tests only: the spectra are copies of a few dozen stars,
+so never use a made mirror for science numbers.
+"""
+
+import csv
+import gzip
+import os
+import pathlib
+
+from absl import app, flags
+import numpy as np
+
+
+
+def _define_flags():
+  # Only when run as a program: importing this module (tests, benchmarks) must not
+  # claim flag names such as --out that astrotl.scan also defines.
+  flags.DEFINE_integer("n", 1000, "Number of spectra.")
+  flags.DEFINE_string("out", None, "Output folder.")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+  flags.DEFINE_integer("compresslevel", 6, "gzip level (LAMOST ships gzip files).")
+
+OBSID0 = 900_000_000  # far above real LAMOST obsids
+PER_PLAN = 16 * 250   # 16 spectrographs x 250 fibres
+OBSDATE0 = np.datetime64("2024-01-01")
+LMJD0 = 60311
+
+
+def _template():
+  """(primary header, wavelength row) of the bundled DR9 file."""
+  from astropy.io import fits
+  from astrotl import data
+  folder = data.sample_dir("spectra") / "lamost_dr9_bintable_format"
+  path = sorted(folder.glob("spec-*.fits.gz"))[0]
+  with fits.open(path) as h:
+    return h[0].header.copy(), np.asarray(h[1].data["WAVELENGTH"][0], np.float64)
+
+
+def _sources(wavelength):
+  """Every bundled LAMOST spectrum on the template's wavelength pixels."""
+  from astrotl import data
+  from astrotl.io import lamost
+  from astrotl.preprocess import spectra
+  u_target = spectra.grid_pixels(np.log10(wavelength))
+  out = []
+  for row in data.sample_index("spectra"):
+    s = lamost.read(row["path"])
+    u = spectra.grid_pixels(np.log10(s.wavelength))
+    # resample onto the template's pixels: shift coordinates so they play the grid
+    f, iv, bad = spectra.resample_pixels(u - u_target[0], s.flux, s.ivar, s.mask,
+                                         npix=len(wavelength))
+    if (~bad).sum() < 1000:
+      continue
+    out.append((f, iv, bad, s.meta))
+  return out
+
+
+class Writer:
+  """Patches a serialised DR9 file: header cards by position, the table row in place."""
+
+  def __init__(self, header, wavelength):
+    from astropy.io import fits
+    n = len(wavelength)
+    cols = [fits.Column(name=k, format=f"{n}E", array=np.zeros((1, n), np.float32))
+            for k in ("FLUX", "IVAR", "WAVELENGTH", "ANDMASK", "ORMASK", "NORMALIZATION")]
+    table = fits.BinTableHDU.from_columns(cols, name="COADD")
+    hdul = fits.HDUList([fits.PrimaryHDU(header=header), table])
+    import io
+    buf = io.BytesIO()
+    hdul.writeto(buf, output_verify="silentfix")
+    self.raw = bytearray(buf.getvalue())
+    self.n = n
+    self.wavelength = wavelength.astype(">f4")
+    primary_len = len(hdul[0].header.tostring()) + 0
+    self.data_offset = primary_len + len(table.header.tostring())
+    self.cards = {}
+    head = bytes(self.raw[:primary_len])
+    for i in range(0, primary_len, 80):
+      key = head[i:i + 8].decode("ascii").strip()
+      if key and key not in self.cards:
+        self.cards[key] = i
+
+  def card(self, buf, key, value, comment=""):
+    from astropy.io import fits
+    image = fits.Card(key, value, comment).image
+    pos = self.cards[key]
+    buf[pos:pos + 80] = image.encode("ascii")
+
+  def write(self, path, flux, ivar, andmask, meta, level):
+    buf = bytearray(self.raw)
+    for key, value, comment in meta:
+      self.card(buf, key, value, comment)
+    row = np.stack([flux, ivar, self.wavelength, andmask, np.zeros(self.n), np.ones(self.n)])
+    data = row.astype(">f4").tobytes()
+    buf[self.data_offset:self.data_offset + len(data)] = data
+    with open(path, "wb") as f:
+      f.write(gzip.compress(bytes(buf), compresslevel=level, mtime=0))
+
+
+def designation(ra, dec):
+  h = ra / 15.0
+  hh, mm = int(h), int((h % 1) * 60)
+  ss = ((h * 60) % 1) * 60
+  sign = "+" if dec >= 0 else "-"
+  d = abs(dec)
+  dd, dm = int(d), int((d % 1) * 60)
+  ds = ((d * 60) % 1) * 60
+  return f"J{hh:02d}{mm:02d}{ss:05.2f}{sign}{dd:02d}{dm:02d}{ds:04.1f}"
+
+
+def make(n, out, seed=0, level=6):
+  """Writes the mirror and returns the catalog path."""
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  header, wavelength = _template()
+  sources = _sources(wavelength)
+  writer = Writer(header, wavelength)
+  rng = np.random.default_rng(seed)
+  rows = []
+  for i in range(n):
+    f, iv, bad, meta = sources[rng.integers(len(sources))]
+    plan, within = divmod(i, PER_PLAN)
+    spid, fiber = within // 250 + 1, within % 250 + 1
+    planid = f"TB{plan:06d}"
+    lmjd = LMJD0 + plan
+    obsdate = str(OBSDATE0 + np.timedelta64(plan, "D")).replace("-", "")
+    name = f"spec-{lmjd}-{planid}_sp{spid:02d}-{fiber:03d}.fits"
+    folder = out / obsdate / planid
+    folder.mkdir(parents=True, exist_ok=True)
+    scale = float(np.exp(rng.normal(0, 0.3)))
+    sigma = np.where(iv > 0, 1 / np.sqrt(np.maximum(iv, 1e-30)), 0.0)
+    flux = np.where(bad, 0.0, f * scale + rng.normal(0, 1, len(f)) * sigma * 0.5)
+    ivar = np.where(bad, 0.0, iv / scale ** 2)
+    ra, dec = float(rng.uniform(0, 360)), float(np.degrees(np.arcsin(rng.uniform(-0.3, 1))))
+    obsid = OBSID0 + i
+    desig = "LAMOST " + designation(ra, dec)
+    snrg = float(meta.get("snr_g") or 0.0)
+    writer.write(folder / (name + ".gz"), flux, ivar, bad.astype(np.float32), [
+        ("FILENAME", name, ""), ("OBSID", obsid, "Unique number ID of this spectrum"),
+        ("LMJD", lmjd, "Local Modified Julian Day"), ("PLANID", planid, "Plan ID in use"),
+        ("RA", ra, "[deg] Right ascension of object"), ("DEC", dec, "[deg] Declination of object"),
+        ("RA_OBS", ra, ""), ("DEC_OBS", dec, ""), ("DESIG", desig, "Designation of LAMOST target"),
+        ("SPID", spid, "Spectrograph ID"), ("FIBERID", fiber, "Fiber ID of Object"),
+        ("CLASS", meta.get("class") or "STAR", ""), ("SUBCLASS", meta.get("subclass") or "", ""),
+        ("SNRG", round(snrg, 2), "SNR of g filter")], level)
+    rows.append({"obsid": obsid, "designation": desig, "obsdate": obsdate[:4] + "-" + obsdate[4:6]
+                 + "-" + obsdate[6:], "lmjd": lmjd, "planid": planid, "spid": spid,
+                 "fiberid": fiber, "ra": ra, "dec": dec, "snrg": snrg,
+                 "class": meta.get("class") or "STAR", "subclass": meta.get("subclass") or ""})
+  catalog = out / "catalog.csv"
+  tmp = catalog.with_suffix(".tmp")
+  with open(tmp, "w", newline="") as fh:
+    w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  os.replace(tmp, catalog)
+  return catalog
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  if not f.out:
+    raise app.UsageError("--out is required")
+  catalog = make(f.n, f.out, f.seed, f.compresslevel)
+  print(f"wrote {f.n} spectra and {catalog}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
