@@ -13,9 +13,10 @@ Layout note for imported PyTorch weights: Tan et al. flatten channel-major (c * 
 Flax flattens position-major (w * 60 + c).  `astrotl.io.weights` permutes the rows of
 `dense/kernel` accordingly.
 
-The last convolutional feature map is passed through `self.perturb("features", ...)`
-so that `astrotl.explain` can take gradients with respect to it (Grad-CAM); it is a
-no-op unless a `perturbations` collection is supplied.
+The last convolutional feature map is sown as `intermediates/features` and passed
+through `self.perturb("features", ...)`, so that `astrotl.explain` can read its values and
+take gradients with respect to it (Grad-CAM); both are no-ops unless the `intermediates`
+collection is mutable or a `perturbations` collection is supplied.
 """
 
 from typing import Sequence
@@ -57,6 +58,7 @@ class CNN1D(nn.Module):
       x = x[..., None]
     for i, (c, k, s) in enumerate(zip(self.channels, self.kernels, self.pool_strides)):
       x = ConvBlock1D(c, k, s, name=f"block_{i}")(x, train)
+    self.sow("intermediates", "features", x)
     x = self.perturb("features", x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.dense_width, name="dense")(nn.leaky_relu(x, 0.01))

@@ -12,8 +12,9 @@ Parameter paths::
     head       Dense(num_outputs)
 
 Stages of three blocks double the width and halve the length (stride 2 in the first
-conv of a stage).  The last block's output goes through `self.perturb("features", ...)`
-for Grad-CAM (see `astrotl.explain`).
+conv of a stage).  The last block's output is the feature map for Grad-CAM (see
+`astrotl.explain`): it is sown as `intermediates/features` (its values) and passed through
+`self.perturb("features", ...)` (its gradient).
 """
 
 from typing import Sequence
@@ -78,6 +79,7 @@ class ResNet1D(nn.Module):
         stride = 2 if (stage > 0 and j == 0) else 1
         x = ResBlock1D(width, self.kernel_size, stride, name=f"block_{i}")(x, train)
         i += 1
+    self.sow("intermediates", "features", x)
     x = self.perturb("features", x)
     x = jnp.mean(x, axis=1)
     return nn.Dense(self.num_classes, name="head")(x)
