@@ -212,3 +212,23 @@ def test_two_processes_scan_like_one(tmp_path, tiny_model, mirror):
   a, b = _predictions(tmp_path / "one"), _predictions(tmp_path / "two")
   np.testing.assert_array_equal(a["file"], b["file"])
   np.testing.assert_allclose(a["p_wd"], b["p_wd"], atol=1e-6)
+
+
+def test_no_argument_scan_of_the_bundled_sample(tmp_path):
+  """The README's first command: the bundled sample with the bundled model into ./astrotl-scan."""
+  r = subprocess.run([sys.executable, "-m", "astrotl.scan"], cwd=tmp_path, env=_env(),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = tmp_path / "astrotl-scan"
+  pred = _predictions(out)
+  sample = data.sample_index("spectra")
+  assert sorted(os.path.basename(f) for f in pred["file"]) == sorted(p["path"].name for p in sample)
+  assert np.all((pred["p_wd"] >= 0) & (pred["p_wd"] <= 1))
+  np.testing.assert_allclose(sum(pred[f"p_{c}"] for c in CLASSES), 1.0, atol=1e-4)
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["n_scanned"] == len(sample) and summary["n_errors"] == 0
+  assert "spectra scanned" in r.stdout
+  # the sample holds real A-M stars and no white dwarfs: stage 1 should mostly say so
+  agree = [p == s[:1] for p, s in zip(pred["pred_class"], pred["survey_subclass"])
+           if s[:1] in "AFGKM" and s]
+  assert np.mean(agree) > 0.6
