@@ -9,17 +9,7 @@ MANUAL_DOWNLOAD_INSTRUCTIONS).
 import argparse
 import logging
 
-import tensorflow_datasets as tfds
-
-from astrotl.datasets.variable_stars.variable_stars_dataset_builder import CONFIGS, Builder
-
-
-def build(config, manual_dir, data_dir):
-  """Prepares `variable_stars/<config>` under data_dir and returns the builder."""
-  builder = Builder(config=config, data_dir=str(data_dir))
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-  return builder
+from astrotl.datasets.variable_stars.variable_stars_dataset_builder import CONFIGS, build
 
 
 def main(argv=None):

@@ -203,7 +203,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
              "label": tfds.features.Tensor(shape=(), dtype=np.int64)}
     for b in c.bands:
       feats.update({
-          f"time_{b}": tfds.features.Tensor(shape=(n,), dtype=np.float64),
+          # BYTES keeps float64: the default encoding stores floats as float32, which
+          # moves survey dates by up to ~1e-4 d, too much for short periods.
+          f"time_{b}": tfds.features.Tensor(shape=(n,), dtype=np.float64,
+                                            encoding=tfds.features.Encoding.BYTES),
           f"mag_{b}": tfds.features.Tensor(shape=(n,), dtype=np.float32),
           f"err_{b}": tfds.features.Tensor(shape=(n,), dtype=np.float32),
           f"mask_{b}": tfds.features.Tensor(shape=(n,), dtype=np.bool_),
@@ -240,3 +243,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       yield key, ex
     self.info.metadata["reason_counts"][split] = {
         b: {REASONS[i]: n for i, n in enumerate(v) if n} for b, v in counts.items()}
+
+
+def build(config: str, manual_dir, data_dir) -> Builder:
+  """Prepares `variable_stars/<config>` under data_dir (reused if already there)."""
+  builder = Builder(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return builder
