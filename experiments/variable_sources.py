@@ -26,6 +26,7 @@ Writes results.json, learning_curve.png and confusion_<target>.png into --workdi
 
 import json
 import pathlib
+import sys
 import time
 
 from absl import app, flags, logging
@@ -120,8 +121,10 @@ def zero_shot(probs, y, classes, up_classes, superclasses):
   others = {}
   for u in top[strict == len(classes)]:
     others[up_classes[u]] = others.get(up_classes[u], 0) + 1
+  counts = np.bincount(top, minlength=len(up_classes))
   return {"strict": score(y, strict, classes), "restricted": score(y, restricted, classes),
-          "unmapped_predictions": dict(sorted(others.items(), key=lambda kv: -kv[1]))}
+          "unmapped_predictions": dict(sorted(others.items(), key=lambda kv: -kv[1])),
+          "predicted_counts": {u: int(n) for u, n in zip(up_classes, counts) if n}}
 
 
 def inputs(x, pre):
@@ -232,8 +235,7 @@ def main(argv):
     raise FileNotFoundError(f"{manual_dir}: lightcurves folder not found; pass --manual_dir")
   t0 = time.time()
   up_vars, up_pre = weights.upsilont()
-  results = {"command": f"python experiments/variable_sources.py --config=... "
-                        f"--workdir={workdir} --manual_dir={manual_dir}",
+  results = {"command": "python " + " ".join(sys.argv),
              "config": config.to_dict(), "targets": {}, "zero_shot_only": {}}
   for name, band in config.targets:
     tag, res = run_target(name, band, config, up_vars, up_pre, workdir, manual_dir)
