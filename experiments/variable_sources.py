@@ -275,7 +275,8 @@ def plot_learning_curves(workdir, results, config):
   tags = list(results["targets"])
   if not tags:
     return
-  fig, axes = plt.subplots(2, len(tags), figsize=(4.6 * len(tags), 7.5), squeeze=False)
+  fig, axes = plt.subplots(2, len(tags), figsize=(max(4.6 * len(tags), 6.5), 7.5),
+                           squeeze=False)
   for col, tag in enumerate(tags):
     res = results["targets"][tag]
     for row, metric in enumerate(("mc", "macro_f1")):
@@ -298,7 +299,7 @@ def plot_learning_curves(workdir, results, config):
       ax.set_title(f"{tag} (test n={sum(res['n']['test'])})", fontsize=9)
       ax.grid(alpha=0.3)
   axes[0, 0].legend(fontsize=7)
-  fig.suptitle("UPSILoN-T transfer vs scratch: mean ± std over seeds (dots: single seeds)",
+  fig.suptitle("UPSILoN-T transfer vs scratch\nmean ± std over seeds (dots: single seeds)",
                fontsize=10)
   fig.tight_layout()
   fig.savefig(workdir / "learning_curve.png", dpi=110)
