@@ -270,6 +270,7 @@ def _json(o):
 
 def plot_learning_curves(workdir, results, config):
   import matplotlib
+  import matplotlib.ticker
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   tags = list(results["targets"])
@@ -294,6 +295,8 @@ def plot_learning_curves(workdir, results, config):
       floor = res["zero_shot"]["upsilont_preprocess"]["strict"][metric]
       ax.axhline(floor, color="grey", ls=":", label="zero-shot UPSILoN-T")
       ax.set_xscale("log")
+      ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
       ax.set_xlabel("labelled training stars")
       ax.set_ylabel({"mc": "Mc = (MCC + 1) / 2", "macro_f1": "macro-F1"}[metric])
       ax.set_title(f"{tag} (test n={sum(res['n']['test'])})", fontsize=9)
