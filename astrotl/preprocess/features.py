@@ -213,6 +213,42 @@ def upsilont_inputs(features, preprocess) -> np.ndarray:
   return (x - np.asarray(preprocess["norm_median"])) / np.asarray(preprocess["norm_std"])
 
 
+def fit_preprocess(features, like, mins=None) -> dict:
+  """`like` (an UPSILoN-T preprocess dict) with its statistics re-estimated on `features`.
+
+  This is how Kim et al. (2021) prepare a new survey for transfer: the offsets of the
+  log-transformed features become the minima of the target's training features (so the
+  smallest value maps to log10(1e-10), as in UPSILoN-T), and norm_median / norm_std the
+  median and standard deviation (ddof=0) of each column after the log step, both
+  ignoring NaN.  `mins` ({"min_<name>": value}) keeps given offsets instead, e.g.
+  UPSILoN-T's own.  Classes, feature order and the set of logged features are kept.
+  The result is applied with `upsilont_inputs`.
+  """
+  if mins is None:
+    mins = {}
+    for key in like["log10_min_offsets"]:
+      x = np.asarray(features[key[len("min_"):]], np.float64)
+      x = x[np.isfinite(x)]
+      if not x.size:
+        raise ValueError(f"fit_preprocess: feature {key[len('min_'):]!r} has no finite value; "
+                         "drop the curves whose features are NaN first")
+      mins[key] = float(x.min())
+  elif set(mins) != set(like["log10_min_offsets"]):
+    raise ValueError(f"fit_preprocess: mins must name {sorted(like['log10_min_offsets'])}, "
+                     f"got {sorted(mins)}")
+  n = len(like["feature_order"])
+  out = dict(like, log10_min_offsets=dict(mins), norm_median=[0.0] * n, norm_std=[1.0] * n)
+  logged = upsilont_inputs(features, out)   # the log step alone, shared with prediction
+  with np.errstate(all="ignore"):
+    median, std = np.nanmedian(logged, 0), np.nanstd(logged, 0)
+  bad = [name for name, s in zip(like["feature_order"], std) if not s > 0]
+  if bad:
+    raise ValueError(f"fit_preprocess: features {bad} are constant or NaN in the fitting set; "
+                     "it needs at least two distinct finite values of each")
+  out["norm_median"], out["norm_std"] = median.tolist(), std.tolist()
+  return out
+
+
 def __getattr__(name):
   # extract_batch and REASONS live in features_batch (which imports this module); they are
   # reachable from here too, resolved lazily to avoid a circular import.
