@@ -163,11 +163,34 @@ def _loss_fn(name, class_weights):
   return lambda out, y: fn(out[..., 0] if out.ndim == 2 and out.shape[-1] == 1 else out, y)
 
 
+def frozen_blocks(params, frozen_re) -> tuple:
+  """Top-level blocks whose every parameter is frozen."""
+  if not frozen_re:
+    return ()
+  out = []
+  for block, sub in params.items():
+    leaves = [f"{block}/{n}" for n in surgery.names(sub)] if isinstance(sub, dict) else [block]
+    if leaves and all(surgery._matches(n, frozen_re) for n in leaves):
+      out.append(block)
+  return tuple(out)
+
+
+def _with_frozen_blocks(model, params, frozen_re):
+  # A frozen block must compute in training what it computes at test time: BatchNorm
+  # on its running statistics (not the batch's), no dropout.
+  blocks = frozen_blocks(params, frozen_re)
+  if blocks and hasattr(model, "frozen"):
+    return model.clone(frozen=tuple(sorted(set(model.frozen) | set(blocks))))
+  return model
+
+
 def make_train_step(model, tx, mesh, loss="xent", class_weights=None, frozen=None, augment=None):
   """jit-compiled (state, batch) -> (state, metrics); batch = {'x', 'y', 'valid'} on `data`.
 
   `augment(rng, x) -> x`, when given, transforms batch['x'] inside the step with a key
   derived from the step's rng (e.g. `astrotl.preprocess.images.augmenter()`).
+  Blocks whose parameters all match `frozen` run in inference mode (models' `frozen`
+  field), and every frozen BatchNorm statistic is kept as it was.
   """
   loss_fn = _loss_fn(loss, class_weights)
   frozen_re = surgery._compile(frozen or ())
@@ -177,6 +200,7 @@ def make_train_step(model, tx, mesh, loss="xent", class_weights=None, frozen=Non
         lambda p, o, n: o if surgery._matches(surgery.path_name(p), frozen_re) else n, old, new)
 
   def step(state, batch):
+    net = _with_frozen_blocks(model, state.params, frozen_re)
     rng = jax.random.fold_in(state.rng, state.step)
     valid = batch["valid"].astype(jnp.float32)
     x = batch["x"] if augment is None else augment(jax.random.fold_in(rng, 1), batch["x"])
@@ -187,8 +211,7 @@ def make_train_step(model, tx, mesh, loss="xent", class_weights=None, frozen=Non
       if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
         mutable = ["batch_stats"]
-      out, updates = model.apply(variables, x, train=True, mutable=mutable,
-                                 rngs={"dropout": rng})
+      out, updates = net.apply(variables, x, train=True, mutable=mutable, rngs={"dropout": rng})
       per_example = loss_fn(out.astype(jnp.float32), batch["y"])
       value = jnp.sum(per_example * valid) / jnp.maximum(jnp.sum(valid), 1.0)
       return value, (out, updates.get("batch_stats", state.batch_stats))

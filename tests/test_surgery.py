@@ -116,3 +116,31 @@ def test_freeze_everything_is_an_error():
   p = _params()["params"]
   with pytest.raises(surgery.SurgeryError, match="freezes every parameter"):
     surgery.freeze(optax.sgd(1.0), p, ".*")
+
+
+def test_frozen_blocks_run_in_inference_mode_while_training():
+  """A frozen block must normalise with its running statistics during training too,
+  or it computes a different function in training than at test time."""
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  model = models.get("mlp", num_classes=3)
+  v = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 16)))
+  assert train.frozen_blocks(v["params"], surgery._compile(["block_[0-3]/.*"])) == (
+      "block_0", "block_1", "block_2", "block_3")
+  assert train.frozen_blocks(v["params"], surgery._compile(["block_0/bn/.*"])) == ()
+  # inputs far from the running statistics (mean 0, var 1): batch stats would differ a lot
+  x = np.random.default_rng(0).normal(5, 3, size=(8, 16)).astype(np.float32)
+  pattern = "block_[0-3]/.*"
+  tx = surgery.freeze(optax.sgd(0.0), v["params"], pattern)
+  state = parallel.replicate(train.TrainState(jnp.zeros((), jnp.int32), v["params"],
+                                              v["batch_stats"], tx.init(v["params"]),
+                                              jax.random.PRNGKey(1)), mesh)
+  y = np.zeros(8, int)
+  _, m = train.make_train_step(model, tx, mesh, frozen=pattern)(
+      state, parallel.shard_batch({"x": x, "y": y, "valid": np.ones(8, bool)}, mesh, 8))
+  # with lr 0, the training loss must equal the test-mode loss except for the head's BN
+  net = model.clone(frozen=("block_0", "block_1", "block_2", "block_3"))
+  out, _ = net.apply(v, x, train=True, mutable=["batch_stats"])
+  want = float(np.mean(-jax.nn.log_softmax(out)[:, 0]))
+  assert float(m["loss"]) == pytest.approx(want, rel=1e-5)
+  frozen_out = model.apply(v, x, train=True, mutable=["batch_stats"])[0]
+  assert not np.allclose(out, frozen_out)  # all-batch-stats training mode differs

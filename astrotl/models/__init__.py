@@ -4,6 +4,11 @@
 parameter paths (`block_3/conv/kernel`, `head/kernel`, ...) are stable, and the task head
 is always `head`.  See each module's docstring for its paths.
 
+Every model has a `frozen` field: names of top-level blocks that run in inference mode
+even when `train=True` (BatchNorm normalises with its running statistics, dropout is off).
+`astrotl.train` sets it for blocks whose parameters are all frozen, so a frozen block
+computes the same function in training as at test time (Keras' rule for frozen layers).
+
 | name       | model                                   | input                 |
 |------------|-----------------------------------------|-----------------------|
 | `cnn1d`    | Tan et al. 2023 white-dwarf CNN          | (B, 3700) spectra     |

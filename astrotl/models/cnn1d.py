@@ -47,6 +47,7 @@ class CNN1D(nn.Module):
   pool_strides: Sequence[int] = (1, 2, 1, 2, 1, 2, 1, 2)
   dense_width: int = 1024
   dtype: str = "float32"
+  frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -57,7 +58,7 @@ class CNN1D(nn.Module):
     if x.ndim == 2:
       x = x[..., None]
     for i, (c, k, s) in enumerate(zip(self.channels, self.kernels, self.pool_strides)):
-      x = ConvBlock1D(c, k, s, name=f"block_{i}")(x, train)
+      x = ConvBlock1D(c, k, s, name=f"block_{i}")(x, train and f"block_{i}" not in self.frozen)
     self.sow("intermediates", "features", x)
     x = self.perturb("features", x)
     x = x.reshape(x.shape[0], -1)

@@ -51,12 +51,13 @@ class CNN2D(nn.Module):
   dense_width: int = 64
   dense_dropout: float = 0.5
   dtype: str = "float32"
+  frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _as_image(x, self.dtype)
     for i, (f, k, d, p) in enumerate(zip(self.features, self.kernels, self.dropouts, self.pools)):
-      x = ConvBlock2D(f, k, d, p, name=f"block_{i}")(x, train)
+      x = ConvBlock2D(f, k, d, p, name=f"block_{i}")(x, train and f"block_{i}" not in self.frozen)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.dense_width, name="dense")(x))
     x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
@@ -87,6 +88,7 @@ class AlexNet(nn.Module):
   dense_widths: Sequence[int] = (512, 512)
   dropout: float = 0.5
   dtype: str = "float32"
+  frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -95,7 +97,7 @@ class AlexNet(nn.Module):
     strides = (self.stem_stride, 1, 1, 1, 1)
     pools = (True, True, False, False, True)
     for i, (f, k, s, p) in enumerate(zip(self.features, kernels, strides, pools)):
-      x = AlexBlock(f, k, s, p, name=f"block_{i}")(x, train)
+      x = AlexBlock(f, k, s, p, name=f"block_{i}")(x, train and f"block_{i}" not in self.frozen)
     x = x.reshape(x.shape[0], -1)
     for i, w in enumerate(self.dense_widths):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -49,11 +49,14 @@ class MLP(nn.Module):
   widths: Sequence[int] = (64, 128, 256)
   first_eps: float = 1e-5
   dtype: str = "float32"
+  frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = jnp.asarray(x, self.dtype)
     for i, w in enumerate(self.widths):
-      x = DenseBlock(w, self.first_eps if i == 0 else 1e-5, name=f"block_{i}")(x, train)
-    x = NormBlock(name=f"block_{len(self.widths)}")(x, train)
-    return Head(self.num_classes, name="head")(x, train)
+      x = DenseBlock(w, self.first_eps if i == 0 else 1e-5, name=f"block_{i}")(
+          x, train and f"block_{i}" not in self.frozen)
+    last = f"block_{len(self.widths)}"
+    x = NormBlock(name=last)(x, train and last not in self.frozen)
+    return Head(self.num_classes, name="head")(x, train and "head" not in self.frozen)

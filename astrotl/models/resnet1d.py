@@ -64,6 +64,7 @@ class ResNet1D(nn.Module):
   widths: Sequence[int] = (16, 32, 64, 128)
   blocks_per_stage: int = 3
   dtype: str = "float32"
+  frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -72,12 +73,13 @@ class ResNet1D(nn.Module):
     x = jnp.asarray(x, self.dtype)
     if x.ndim == 2:
       x = x[..., None]
-    x = Stem1D(self.widths[0], self.kernel_size, name="stem")(x, train)
+    x = Stem1D(self.widths[0], self.kernel_size, name="stem")(x, train and "stem" not in self.frozen)
     i = 0
     for stage, width in enumerate(self.widths):
       for j in range(self.blocks_per_stage):
         stride = 2 if (stage > 0 and j == 0) else 1
-        x = ResBlock1D(width, self.kernel_size, stride, name=f"block_{i}")(x, train)
+        x = ResBlock1D(width, self.kernel_size, stride, name=f"block_{i}")(
+            x, train and f"block_{i}" not in self.frozen)
         i += 1
     self.sow("intermediates", "features", x)
     x = self.perturb("features", x)
