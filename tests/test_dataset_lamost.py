@@ -209,3 +209,21 @@ def test_fit_reads_rows_on_demand_like_arrays(tmp_path):
   a = train.fit(cfg, tmp_path / "a", {"train": rows})
   b = train.fit(cfg, tmp_path / "b", {"train": dense})
   assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], rel=1e-6)
+
+
+def test_simulated_config_adds_white_dwarfs_from_each_splits_stars(tmp_path):
+  from astrotl import datasets
+  from astrotl.datasets import lamost_lrs
+  lamost_lrs.Builder(config="simulated", data_dir=str(tmp_path)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig())
+  total_real = 0
+  for split in ("train", "validation", "test"):
+    d = datasets.as_numpy("lamost_lrs/simulated", split, data_dir=str(tmp_path),
+                          features=("label", "subclass", "file", "flux", "mask"))
+    sim = np.char.startswith(d["file"], "simulated:")
+    n_real = int((~sim).sum())
+    total_real += n_real
+    assert int((d["subclass"] == "DA").sum()) == int((d["label"][~sim] >= 0).sum())
+    assert np.all(d["label"][sim] == lamost_lrs.CLASSES.index("WD"))
+    assert np.all(np.isfinite(d["flux"][sim]))
+  assert total_real == len(data.sample_index("spectra"))

@@ -14,7 +14,7 @@ from astrotl.datasets.lamost_lrs.lamost_lrs_dataset_builder import Builder
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description="Build the lamost_lrs TFDS dataset.")
-  parser.add_argument("--config", default="sample", choices=["sample", "mirror"])
+  parser.add_argument("--config", default="sample", choices=["sample", "mirror", "simulated"])
   parser.add_argument("--data_dir", required=True, help="where the dataset is written")
   parser.add_argument("--manual_dir", help="LAMOST mirror folder (config mirror)")
   parser.add_argument("--beam_options", help="comma-separated Beam pipeline options; "

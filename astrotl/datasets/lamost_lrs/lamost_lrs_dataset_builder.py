@@ -1,9 +1,12 @@
 """LAMOST LRS spectra on the common grid, as a TFDS dataset (array_record, no TensorFlow).
 
 Configs:
-  sample  the 59 real spectra bundled in astrotl/data/spectra; needs nothing else.
-  mirror  a local LAMOST LRS mirror in `manual_dir` (see MANUAL_DOWNLOAD_INSTRUCTIONS).
-A `simulated` config is left out until astrotl.preprocess.simulate exists.
+  sample     the 59 real spectra bundled in astrotl/data/spectra; needs nothing else.
+  mirror     a local LAMOST LRS mirror in `manual_dir` (see MANUAL_DOWNLOAD_INSTRUCTIONS).
+  simulated  `sample` plus, per split, as many simulated DA white dwarfs as real stars and
+             half as many DA+M binaries (astrotl.preprocess.simulate), built from that
+             split's own stars: their ivar patterns and M dwarfs; label WD, subclass DA or
+             DA+M, file 'simulated:KIND:teff=..:logg=..'.  Deterministic.
 
 Each example: flux/ivar/mask resampled onto the common grid (astrotl.preprocess.spectra),
 the class index in CLASSES (-1 when the type is outside them, e.g. a QSO), the MK subtype
@@ -36,6 +39,7 @@ from astrotl.io import SpectrumError, catalog, lamost
 from astrotl.preprocess import spectra
 
 CLASSES = tuple(spectra.DEFAULT_CLASSES)
+SIM_SEED = 20231  # the simulated config is deterministic
 # Upper edges of the hash fraction for each split.
 SPLITS = (("train", 0.8), ("validation", 0.9), ("test", 1.0))
 
@@ -196,10 +200,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """LAMOST low-resolution spectra on the astrotl common wavelength grid."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release: sample and mirror configs."}
+  RELEASE_NOTES = {"1.0.0": "First release: sample, mirror and simulated configs."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="sample", description="The 59 bundled LAMOST spectra."),
       tfds.core.BuilderConfig(name="mirror", description="A local LAMOST LRS mirror."),
+      tfds.core.BuilderConfig(name="simulated", description=(
+          "The bundled real stars plus simulated DA white dwarfs and DA+M binaries made "
+          "from each split's own stars (noise patterns, M-dwarf companions).")),
   ]
   DEFAULT_CONFIG_NAME = "sample"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -258,7 +265,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     log.info("skipped %d unreadable files", count)
 
   def _split_generators(self, dl_manager):
-    if self.builder_config.name == "sample":
+    if self.builder_config.name in ("sample", "simulated"):
       sources = sample_sources()
     else:
       sources = mirror_sources(dl_manager.manual_dir)
@@ -275,7 +282,38 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
       return {name: beam.Create(items) | f"read_{name}" >> beam.FlatMap(_beam_example)
               for name, items in by_split.items()}
+    if self.builder_config.name == "simulated":
+      return {name: self._generate_simulated(name, items) for name, items in by_split.items()}
     return {name: self._generate_examples(items) for name, items in by_split.items()}
+
+  def _generate_simulated(self, split, sources):
+    """The split's real stars, then as many simulated DAs and half as many DA+M."""
+    from astrotl.preprocess import simulate
+    real = list(self._generate_examples(sources))
+    yield from real
+    stars = [ex for _, ex in real if ex["label"] >= 0]
+    if not stars:
+      return
+    rng = np.random.default_rng([SIM_SEED, [n for n, _ in SPLITS].index(split)])
+    ivars = np.stack([ex["ivar"] for ex in stars])
+    m_dwarfs = [ex for ex in stars if CLASSES[ex["label"]] == "M"]
+    sim = simulate.Simulator()
+    batches = [("DA", sim.sample(len(stars), rng, ivar_templates=ivars))]
+    if m_dwarfs:
+      batches.append(("DA+M", sim.sample(
+          len(stars) // 2, rng, ivar_templates=ivars, companion_fraction=1.0,
+          companions=np.stack([ex["flux"] for ex in m_dwarfs]),
+          companion_masks=np.stack([ex["mask"] for ex in m_dwarfs]))))
+    else:
+      log.warning("split %s has no M dwarfs: no DA+M binaries simulated", split)
+    for kind, b in batches:
+      for i in range(len(b["flux"])):
+        yield f"sim-{split}-{kind}-{i}", {
+            "flux": b["flux"][i].astype(np.float32), "ivar": b["ivar"][i].astype(np.float32),
+            "mask": b["mask"][i], "label": CLASSES.index("WD"), "subtype": np.nan,
+            "class": "STAR", "subclass": kind, "obsid": -1, "snr_g": float(b["snr"][i]),
+            "ra": np.nan, "dec": np.nan,
+            "file": f"simulated:{kind}:teff={b['teff'][i]:.0f}:logg={b['logg'][i]:.2f}"}
 
   def _generate_examples(self, sources):
     for source in sources:
