@@ -62,3 +62,13 @@ def test_registry_errors_name_the_problem():
     models.get("nope")
   with pytest.raises(ValueError, match="no config field"):
     models.get("cnn1d", widht=3)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("length", [9, 10])
+def test_cnn1d_max_pool_equals_flax_max_pool(stride, length):
+  import flax.linen as nn
+  from astrotl.models.cnn1d import max_pool2
+  x = np.random.default_rng(0).normal(size=(2, length, 3)).astype(np.float32)
+  np.testing.assert_array_equal(max_pool2(x, stride),
+                                nn.max_pool(x, (2,), strides=(stride,), padding="VALID"))

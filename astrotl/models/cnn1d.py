@@ -25,6 +25,20 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+def max_pool2(x, stride: int):
+  """Max-pool of window 2 along axis 1 (VALID), stride 1 or 2.
+
+  Same values as nn.max_pool, written as elementwise maxima: XLA's CPU gradient of
+  reduce_window (select_and_scatter) made the whole train step ~20% slower.
+  """
+  if stride == 1:
+    return jnp.maximum(x[:, :-1], x[:, 1:])
+  if stride == 2:
+    n = (x.shape[1] - 2) // 2 + 1
+    return x[:, :2 * n].reshape(x.shape[0], n, 2, x.shape[2]).max(axis=2)
+  return nn.max_pool(x, (2,), strides=(stride,), padding="VALID")
+
+
 class ConvBlock1D(nn.Module):
   features: int
   kernel: int
@@ -35,7 +49,7 @@ class ConvBlock1D(nn.Module):
     x = nn.Conv(self.features, (self.kernel,), padding="VALID", name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
     x = nn.leaky_relu(x, 0.01)
-    return nn.max_pool(x, (2,), strides=(self.pool_stride,), padding="VALID")
+    return max_pool2(x, self.pool_stride)
 
 
 class CNN1D(nn.Module):
