@@ -99,29 +99,15 @@ def _convert(module, layout, tensors, problems):
   return out
 
 
-def _set(tree, path, value):
-  *parents, leaf = path
-  for key in parents:
-    tree = tree.setdefault(key, {})
-  tree[leaf] = value
-
-
-def _flatten(tree, prefix=()):
-  if not isinstance(tree, dict):
-    yield prefix, tree
-    return
-  for key, value in tree.items():
-    yield from _flatten(value, prefix + (str(key),))
-
-
 def _compare(variables, like):
-  want = {p: tuple(np.shape(v)) for p, v in _flatten(
-      {c: like[c] for c in ("params", "batch_stats") if c in like})}
-  got = {p: tuple(np.shape(v)) for p, v in _flatten(
-      {c: variables[c] for c in ("params", "batch_stats") if c in variables})}
-  missing = sorted("/".join(p) for p in want.keys() - got.keys())
-  extra = sorted("/".join(p) for p in got.keys() - want.keys())
-  shapes = sorted(f"{'/'.join(p)}: {got[p]} vs expected {want[p]}"
+  from astrotl import surgery
+  want = {p: tuple(np.shape(v)) for p, v in surgery.flatten(
+      {c: like[c] for c in ("params", "batch_stats") if c in like}).items()}
+  got = {p: tuple(np.shape(v)) for p, v in surgery.flatten(
+      {c: variables[c] for c in ("params", "batch_stats") if c in variables}).items()}
+  missing = sorted(want.keys() - got.keys())
+  extra = sorted(got.keys() - want.keys())
+  shapes = sorted(f"{p}: {got[p]} vs expected {want[p]}"
                   for p in want.keys() & got.keys() if got[p] != want[p])
   return [f"{label}: {items}" for label, items in
           (("missing", missing), ("unexpected", extra), ("shape mismatch", shapes)) if items]
@@ -166,7 +152,7 @@ def import_state_dict(state_dict, rules, like=None) -> dict:
   if unused:
     problems.append(f"rules that matched nothing: {unused}")
 
-  out = {"params": {}, "batch_stats": {}}
+  flat = {}
   owner = {}
   for module, tensors in modules.items():
     target, layout = targets[module]
@@ -180,8 +166,10 @@ def import_state_dict(state_dict, rules, like=None) -> dict:
       if path in owner:
         problems.append(f"{'/'.join(path)}: written by both {owner[path]} and {module}")
       owner[path] = module
-      _set(out[collection], path[1:], value)
+      flat["/".join(path)] = value
 
+  from astrotl import surgery
+  out = {"params": {}, "batch_stats": {}, **surgery.unflatten(flat)}
   if like is not None:
     problems += _compare(out, like)
   if problems:
