@@ -83,6 +83,38 @@ def simulate_split(sim, real, n_wd, n_wdm, config, seed):
   return wd, wdm
 
 
+def calibrate_bundle(config, data, target, s1, s2_model, v1, best_bundle):
+  """Temperature scaling, test scores and the SDSS white dwarf for the weights that ship."""
+  classes = list(config.classes)
+  # The bundle stores the big dense kernels as int8 (see checkpoint.save_bundle): calibrate
+  # and evaluate exactly the weights that ship.
+  v1, best_bundle = shipped(v1, best_bundle)
+  z_val = logits("cnn1d", s1.model_config, v1, data["validation"]["x"])
+  t1 = metrics.fit_temperature(z_val, data["validation"]["y"])
+  # Calibrate the bundled stage 2 on validation, check it on test.
+  z_val2 = logits("cnn1d", s2_model, best_bundle, target["validation"]["x"])
+  t2 = metrics.fit_temperature(z_val2, target["validation"]["y"])
+  z_test2 = logits("cnn1d", s2_model, best_bundle, target["test"]["x"])
+  rel_raw = metrics.reliability(softmax(z_test2)[:, 1], target["test"]["y"] == 1)
+  rel_cal = metrics.reliability(softmax(z_test2, t2)[:, 1], target["test"]["y"] == 1)
+  bundle_test = binary_report(softmax(z_test2, t2)[:, 1], target["test"]["y"], config.threshold)
+
+  # The one real white dwarf: SDSS BOSS, resampled to the LAMOST grid.
+  sdss_path = _SDSS_WD.value or (REPO.parent / "shared/data/spectra/sdss_boss/spec-4455-55539-0692.fits.gz")
+  sdss_result = None
+  if pathlib.Path(sdss_path).exists():
+    x = read_sdss_inputs(sdss_path)
+    p1 = softmax(logits("cnn1d", s1.model_config, v1, x), t1)[0]
+    p2 = softmax(logits("cnn1d", s2_model, best_bundle, x), t2)[0, 1]
+    sdss_result = {"file": str(sdss_path), "stage1": dict(zip(classes, p1.tolist())),
+                   "p_wd": float(p2)}
+    logging.info("SDSS white dwarf: P(WD) = %.3f, stage 1 %s", p2, sdss_result["stage1"])
+
+  result = {"temperature_stage1": t1, "temperature_stage2": t2, "test": bundle_test,
+            "ece_raw": rel_raw["ece"], "ece_calibrated": rel_cal["ece"]}
+  return result, sdss_result, (rel_raw, rel_cal), v1, best_bundle, t1
+
+
 def make_data(config, workdir):
   """Real stars per split and the stage-1 arrays (real + simulated), deterministic."""
   classes = list(config.classes)
@@ -264,30 +296,10 @@ def main(argv):
         if name == "finetune_all" and n == max(config.target_sizes) and seed == config.seeds[0]:
           best_bundle = r.best_variables
 
-  # The bundle stores the big dense kernels as int8 (see checkpoint.save_bundle): calibrate
-  # and evaluate exactly the weights that ship.
-  v1, best_bundle = shipped(v1, best_bundle)
-  z_val = logits("cnn1d", s1.model_config, v1, data["validation"]["x"])
-  t1 = metrics.fit_temperature(z_val, data["validation"]["y"])
-  # Calibrate the bundled stage 2 on validation, check it on test.
-  z_val2 = logits("cnn1d", s2_model, best_bundle, target["validation"]["x"])
-  t2 = metrics.fit_temperature(z_val2, target["validation"]["y"])
-  z_test2 = logits("cnn1d", s2_model, best_bundle, target["test"]["x"])
-  rel_raw = metrics.reliability(softmax(z_test2)[:, 1], target["test"]["y"] == 1)
-  rel_cal = metrics.reliability(softmax(z_test2, t2)[:, 1], target["test"]["y"] == 1)
-  bundle_test = binary_report(softmax(z_test2, t2)[:, 1], target["test"]["y"], config.threshold)
-
-  # The one real white dwarf: SDSS BOSS, resampled to the LAMOST grid.
-  sdss_path = _SDSS_WD.value or (REPO.parent / "shared/data/spectra/sdss_boss/spec-4455-55539-0692.fits.gz")
-  sdss_result = None
-  if pathlib.Path(sdss_path).exists():
-    x = read_sdss_inputs(sdss_path)
-    p1 = softmax(logits("cnn1d", s1.model_config, v1, x), t1)[0]
-    p2 = softmax(logits("cnn1d", s2_model, best_bundle, x), t2)[0, 1]
-    sdss_result = {"file": str(sdss_path), "stage1": dict(zip(classes, p1.tolist())),
-                   "p_wd": float(p2)}
-    logging.info("SDSS white dwarf: P(WD) = %.3f, stage 1 %s", p2, sdss_result["stage1"])
-
+  bundle_result, sdss_result, rels = None, None, None
+  if best_bundle is not None:  # the fine-tune-all run at the largest N, seed 0, was made
+    bundle_result, sdss_result, rels, v1, best_bundle, t1 = calibrate_bundle(
+        config, data, target, s1, s2_model, v1, best_bundle)
   summary = summarise(runs, config)
   results = {
       "command": "python experiments/wd_search.py --config=astrotl/configs/wd_search.py "
@@ -300,16 +312,19 @@ def main(argv):
           "note": "A-M spectra are real LAMOST stars; every WD and WD+M spectrum is simulated "
                   "(DA models + real LAMOST noise patterns and M-dwarf companions)."},
       "stage1": stage1, "stage2_runs": runs, "stage2_summary": summary,
-      "bundle": {"temperature_stage1": t1, "temperature_stage2": t2, "test": bundle_test,
-                 "ece_raw": rel_raw["ece"], "ece_calibrated": rel_cal["ece"]},
+      "bundle": bundle_result,
       "sdss_white_dwarf": sdss_result, "seconds_total": time.time() - t_start,
   }
   (workdir / "results.json").write_text(json.dumps(results, indent=1, default=_json))
-  plot(workdir, summary, config, rel_raw, rel_cal)
+  plot(workdir, summary, config, *(rels or (None, None)))
   if sdss_result:
-    plot_sdss(workdir, read_sdss_inputs(sdss_path)[0], sdss_result)
+    plot_sdss(workdir, read_sdss_inputs(sdss_result["file"])[0], sdss_result)
 
+  if _BUNDLE.value and bundle_result is None:
+    raise app.UsageError("--bundle needs the finetune_all variant in config.variants")
   if _BUNDLE.value:
+    t2 = bundle_result["temperature_stage2"]
+    bundle_test = bundle_result["test"]
     meta = {"stage1": {"model": "cnn1d", "config": dict(s1.model_config), "classes": classes,
                        "temperature": t1},
             "stage2": {"model": "cnn1d", "config": s2_model, "classes": ["other", "WD"],
@@ -390,6 +405,8 @@ def plot(workdir, summary, config, rel_raw, rel_cal):
   fig.savefig(workdir / "learning_curve.png", dpi=110)
   plt.close(fig)
 
+  if rel_raw is None:
+    return
   fig, ax = plt.subplots(figsize=(4.5, 4.5))
   for rel, label in ((rel_raw, f"raw (ECE {rel_raw['ece']:.3f})"),
                      (rel_cal, f"temperature-scaled (ECE {rel_cal['ece']:.3f})")):
