@@ -40,6 +40,7 @@ from astrotl import parallel
 from astrotl.io import batch as io_batch
 from astrotl.io import catalog as io_catalog
 
+
 def define_flags():
   """The command-line flags; defined only when scan runs as a program, so importing
   astrotl.scan as a library claims no flag names."""
@@ -77,7 +78,7 @@ _TASK = 32  # files per worker task: amortises inter-process overhead
 
 # --- inputs -----------------------------------------------------------------------------
 
-SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fits.bz2")
+SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz")
 
 
 def list_inputs(spectra=None, catalog=None, root=None, path_column=None):
