@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from astrotl.preprocess import features as F
+from astrotl.preprocess import features_batch
 
 HERE = pathlib.Path(__file__).resolve().parent
 QUOTED_UPSILON_S = 0.17
@@ -66,16 +67,6 @@ def read_eros1(data, band):
   return curves
 
 
-def pad(curves):
-  width = -(-max(len(c[0]) for c in curves) // 32) * 32
-  shape = (len(curves), width)
-  t, m, e, k = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape, bool)
-  for i, (ti, mi, ei) in enumerate(curves):
-    n = len(ti)
-    t[i, :n], m[i, :n], e[i, :n], k[i, :n] = ti, mi, ei, True
-  return t, m, e, k
-
-
 def run_upsilon(python, arrays):
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "curves.npz")
@@ -105,7 +96,7 @@ def main():
                      "(the shared data folder) or set ASTROTL_SHARED_DATA")
 
   curves = read_eros1(args.data, args.band)
-  arrays = pad(curves)
+  arrays = features_batch.pad_curves(curves, multiple=32)
   n = len(curves)
   lengths = [len(c[0]) for c in curves]
   print(f"{n} EROS-1 {args.band}-band curves, {min(lengths)}-{max(lengths)} points "

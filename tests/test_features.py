@@ -48,16 +48,6 @@ def golden(shared_data):
   return out
 
 
-def pad(curves, width=None):
-  width = width or max(len(c[0]) for c in curves)
-  shape = (len(curves), width)
-  t, m, e, k = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape, bool)
-  for i, (ti, mi, ei) in enumerate(curves):
-    n = len(ti)
-    t[i, :n], m[i, :n], e[i, :n], k[i, :n] = ti, mi, ei, True
-  return t, m, e, k
-
-
 def check_against(got, want, name, shapiro_atol=None):
   for k in F.FEATURES:
     if k == "period":
@@ -82,7 +72,7 @@ def test_extract_matches_upsilon(golden):
 
 def test_extract_batch_matches_upsilon(golden):
   names = list(golden)
-  out = FB.extract_batch(*pad([golden[n][0] for n in names]))
+  out = FB.extract_batch(*FB.pad_curves([golden[n][0] for n in names]))
   assert list(out["reason"]) == [FB.OK, FB.OK]
   for i, name in enumerate(names):
     check_against({k: out[k][i] for k in F.FEATURES}, golden[name][1], name,
@@ -104,7 +94,7 @@ def read_eros1(shared_data, limit):
 
 def test_batch_agrees_with_numpy_on_eros1(shared_data):
   curves = read_eros1(shared_data, 40)
-  out = FB.extract_batch(*pad(curves, 128))
+  out = FB.extract_batch(*FB.pad_curves(curves, 128))
   assert np.all(out["reason"] == FB.OK)
   same_period = 0
   for i, c in enumerate(curves):
@@ -120,10 +110,10 @@ def test_batch_agrees_with_numpy_on_eros1(shared_data):
 
 def test_batch_ignores_padding_and_chunking(golden):
   curve = golden["lm0134l19756.time"][0]
-  t, m, e, k = pad([curve], 320)
+  t, m, e, k = FB.pad_curves([curve], 320)
   t[0, ~k[0]], m[0, ~k[0]], e[0, ~k[0]] = 1e6, -50.0, 7.0   # garbage in the padding
   a = FB.extract_batch(t, m, e, k)
-  b = FB.extract_batch(*pad([curve, curve, curve]), chunk=2)
+  b = FB.extract_batch(*FB.pad_curves([curve, curve, curve]), chunk=2)
   for name in F.FEATURES:
     np.testing.assert_allclose(b[name], a[name][0], rtol=1e-12, err_msg=name)
 
@@ -167,7 +157,7 @@ def test_bad_curves_raise_named_errors():
 def test_bad_curves_in_a_batch_get_nan_and_reasons():
   bad, good = _bad_curves()
   curves = [c for c, _, _ in bad.values()] + [good]
-  out = FB.extract_batch(*pad(curves))
+  out = FB.extract_batch(*FB.pad_curves(curves))
   assert list(out["reason"]) == [code for _, code, _ in bad.values()] + [FB.OK]
   assert [FB.REASONS[r] for r in out["reason"]][:2] == ["too_few_points", "non_finite"]
   for k in F.FEATURES:
@@ -181,7 +171,7 @@ def test_bad_curves_in_a_batch_get_nan_and_reasons():
 
 def test_all_bad_batch():
   bad, _ = _bad_curves()
-  out = FB.extract_batch(*pad([bad["too_few"][0]]))
+  out = FB.extract_batch(*FB.pad_curves([bad["too_few"][0]]))
   assert out["reason"][0] == FB.TOO_FEW_POINTS and np.isnan(out["period"][0])
 
 

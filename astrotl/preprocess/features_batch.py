@@ -252,6 +252,24 @@ def _batch(time, mag, err, mask, swcoef, df, nout, tables):
   return jax.vmap(_one_curve)(time, mag, err, mask, swcoef, df, nout, tables)
 
 
+def pad_curves(curves, width=None, multiple: int = 1):
+  """(time, mag, err, mask) arrays (B, width) from (time, mag, err) tuples, the input of
+  `extract_batch`.  width defaults to the longest curve rounded up to `multiple` (fewer
+  distinct shapes, fewer compilations)."""
+  if width is None:
+    width = -(-max(len(c[0]) for c in curves) // multiple) * multiple
+  b = len(curves)
+  time, mag, err = (np.zeros((b, width)) for _ in range(3))
+  mask = np.zeros((b, width), bool)
+  for i, (t, m, e) in enumerate(curves):
+    n = len(t)
+    if n > width:
+      raise ValueError(f"a curve has {n} points, more than the padded width {width}; raise it "
+                       "(for the variable_stars builder: max_points in its config)")
+    time[i, :n], mag[i, :n], err[i, :n], mask[i, :n] = t, m, e, True
+  return time, mag, err, mask
+
+
 def extract_batch(time, mag, err=None, mask=None, *, min_period=periodogram.MIN_PERIOD,
                   chunk=8, block=256) -> dict:
   """Features of B padded light curves.

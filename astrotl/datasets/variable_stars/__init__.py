@@ -2,4 +2,4 @@
 importing registers it."""
 
 from astrotl.datasets.variable_stars.variable_stars_dataset_builder import (
-    CONFIGS, EROS1_CLASSES, Builder, Config, assign_splits, build, examples, pad, stratified_split)
+    CONFIGS, EROS1_CLASSES, Builder, Config, assign_splits, build, examples, stratified_split)

@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 
 from astrotl.io import lightcurve
 from astrotl.preprocess.features import FEATURES
-from astrotl.preprocess.features_batch import REASONS, extract_batch
+from astrotl.preprocess.features_batch import REASONS, extract_batch, pad_curves
 
 log = logging.getLogger(__name__)
 EROS1_CLASSES = ("EB", "Cepheid", "RR Lyrae", "Mira")
@@ -144,25 +144,11 @@ def assign_splits(config, stars) -> dict:
   return {name: items for name, items in out.items() if items}
 
 
-def pad(curves, width):
-  """(time, mag, err, mask) arrays (B, width) from (time, mag, err) tuples."""
-  b = len(curves)
-  time, mag, err = (np.zeros((b, width)) for _ in range(3))
-  mask = np.zeros((b, width), bool)
-  for i, (t, m, e) in enumerate(curves):
-    n = len(t)
-    if n > width:
-      raise ValueError(f"a curve has {n} points, more than max_points={width}; raise "
-                       "max_points in the builder config")
-    time[i, :n], mag[i, :n], err[i, :n], mask[i, :n] = t, m, e, True
-  return time, mag, err, mask
-
-
 def examples(config, stars):
   """(key, example) for each Star, features computed in one batch per band."""
   per_band = {}
   for band in config.bands:
-    time, mag, err, mask = pad([s.bands[band] for s in stars], config.max_points)
+    time, mag, err, mask = pad_curves([s.bands[band] for s in stars], config.max_points)
     feats = extract_batch(time, mag, err, mask)
     per_band[band] = (time, mag, err, mask,
                       np.stack([feats[k] for k in FEATURES], -1), feats["reason"])
