@@ -345,7 +345,7 @@ def scan_chunk(paths, decoder, model, fn, variables, mesh, batch_size, bar=None)
   return rows, errors
 
 
-def run(paths, out, model, catalog_table=None, batch_size=256, chunk_size=4096, workers=None,
+def run(paths, out, model, batch_size=256, chunk_size=4096, workers=None,
         progress=True, mesh=None):
   """Scans `paths` into `out`/chunks (skipping finished chunks); returns run statistics."""
   import jax
@@ -590,14 +590,14 @@ def main(argv):
   out = pathlib.Path(FLAGS.out)
   if FLAGS.spectra and FLAGS.catalog:
     raise app.UsageError("give --spectra or --catalog, not both")
-  paths, table = list_inputs(FLAGS.spectra, FLAGS.catalog, FLAGS.root, FLAGS.path_column)
+  paths, _ = list_inputs(FLAGS.spectra, FLAGS.catalog, FLAGS.root, FLAGS.path_column)
   if not paths:
     raise app.UsageError("no input spectra found")
   model = ScanModel.load(FLAGS.model)
   is_main = jax.process_index() == 0
   if is_main:
     logging.info("scanning %d spectra with %s into %s", len(paths), model.meta.get("source"), out)
-  stats = run(paths, out, model, table, FLAGS.batch_size, FLAGS.chunk_size, FLAGS.workers,
+  stats = run(paths, out, model, FLAGS.batch_size, FLAGS.chunk_size, FLAGS.workers,
               FLAGS.progress and is_main)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
