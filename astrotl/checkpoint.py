@@ -112,11 +112,6 @@ def load_variables(path) -> dict:
   return {k: tree[k] for k in ("params", "batch_stats") if k in tree and tree[k] is not None}
 
 
-def read_record(step_dir) -> dict:
-  with open(pathlib.Path(step_dir) / "record" / "metadata") as f:
-    return json.load(f)
-
-
 # --- portable model bundles -----------------------------------------------------------
 # A single .npz holding one or more named variable trees plus a JSON description, for
 # models shipped inside the package (no orbax needed to read it; np.load without pickle).
