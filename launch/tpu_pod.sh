@@ -18,9 +18,22 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 ssh_all() {
   gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$1"
 }
-tar -C "$here" --exclude=.venv --exclude=.git -czf /tmp/astrotl-src.tgz .
-gcloud compute tpus tpu-vm scp /tmp/astrotl-src.tgz "$name":/tmp/ --zone="$zone" --worker=all
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+src=$tmp/astrotl-src.tgz
+if git -C "$here" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  # The working tree as git sees it: tracked and new files, not ignored outputs (workdir/,
+  # .venv/, build/), which can be gigabytes.
+  git -C "$here" ls-files -z --cached --others --exclude-standard |
+    while IFS= read -r -d '' f; do if [[ -e "$here/$f" ]]; then printf '%s\0' "$f"; fi; done |
+    tar -C "$here" --null -T - -czf "$src"
+else
+  tar -C "$here" --exclude=.venv --exclude=.git --exclude=workdir -czf "$src" .
+fi
+gcloud compute tpus tpu-vm scp "$src" "$name":/tmp/astrotl-src.tgz --zone="$zone" --worker=all
 ssh_all "mkdir -p ~/astrotl && tar -C ~/astrotl -xzf /tmp/astrotl-src.tgz && \
   cd ~/astrotl && python3 -m venv .venv && .venv/bin/pip install -q . 'jax[tpu]'"
-args=$(printf ' %q' "$@")
-ssh_all "cd ~/astrotl && .venv/bin/python -m $module --distributed$args"
+# Quoted for the remote shell; no arguments must add nothing (printf ' %q' alone gives " ''").
+args=""
+if [[ $# -gt 0 ]]; then args=$(printf ' %q' "$@"); fi
+ssh_all "cd ~/astrotl && .venv/bin/python -m $(printf '%q' "$module") --distributed$args"

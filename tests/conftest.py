@@ -8,6 +8,9 @@ tests that need it are skipped when it is absent.
 
 import os
 import pathlib
+import stat
+import sys
+import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -33,3 +36,49 @@ def shared_data():
   if path is None:
     pytest.skip("../shared/data not found (set ASTROTL_SHARED_DATA)")
   return path
+
+
+def _write_tool(bin_dir, name, text):
+  path = pathlib.Path(bin_dir) / name
+  path.write_text(text)
+  path.chmod(path.stat().st_mode | stat.S_IEXEC)
+  return path
+
+
+@pytest.fixture
+def write_tool():
+  """write_tool(dir, name, text): an executable script, for stand-ins of cluster tools."""
+  return _write_tool
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+  """srun and scontrol stand-ins on PATH; returns (the environment sbatch would give, log dir).
+
+  The srun stand-in starts SLURM_NTASKS copies of the command on this machine, each with its
+  task variables, as srun does on one node; task i writes to <log dir>/task_i.log.
+  """
+  bin_dir, log_dir = tmp_path / "slurm_bin", tmp_path / "slurm_logs"
+  bin_dir.mkdir(parents=True, exist_ok=True)
+  log_dir.mkdir(parents=True, exist_ok=True)
+  _write_tool(bin_dir, "srun", f"""#!/usr/bin/env bash
+# srun on one node: SLURM_NTASKS copies of the command, each with its task variables.
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for (( i = 0; i < SLURM_NTASKS; i++ )); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_STEP_NODELIST=localhost SLURM_STEP_NUM_NODES=1 \\
+    "$@" >"{log_dir}/task_$i.log" 2>&1 &
+  pids+=($!)
+done
+touch "{log_dir}/srun_started"
+status=0
+for pid in "${{pids[@]}}"; do wait "$pid" || status=$?; done
+exit $status
+""")
+  _write_tool(bin_dir, "scontrol", f'#!/usr/bin/env bash\necho "$@" >>"{log_dir}/scontrol.log"\n')
+  # jax derives the coordinator port from the job id: vary it between runs.
+  job_id = str(100000 + (os.getpid() * 7919 + int(time.time())) % 900000)
+  env = dict(os.environ, PATH=f"{bin_dir}:{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}",
+             PYTHONPATH=str(REPO), SLURM_JOB_ID=job_id, SLURM_NTASKS="2",
+             SLURM_CPUS_PER_TASK="1", JAX_PLATFORMS="cpu")
+  return env, log_dir

@@ -196,7 +196,9 @@ def test_sigkill_then_rerun_gives_each_input_once(tmp_path, tiny_model, mirror):
 
 
 @pytest.mark.slow
-def test_two_processes_scan_like_one(tmp_path, tiny_model, mirror):
+def test_two_processes_scan_like_one(tmp_path, tiny_model, mirror, fake_slurm):
+  """Two processes through launch/local.sh, and two SLURM tasks through launch/slurm_gpu.sbatch
+  (srun stood in for; jax.distributed finds the coordinator from the SLURM variables)."""
   args = [f"--catalog={mirror}", f"--model={tiny_model}", "--chunk_size=32", "--workers=0",
           "--batch_size=16"]
   _scan(args + [f"--out={tmp_path / 'one'}"])
@@ -212,6 +214,20 @@ def test_two_processes_scan_like_one(tmp_path, tiny_model, mirror):
   a, b = _predictions(tmp_path / "one"), _predictions(tmp_path / "two")
   np.testing.assert_array_equal(a["file"], b["file"])
   np.testing.assert_allclose(a["p_wd"], b["p_wd"], atol=1e-6)
+
+  slurm_env, slurm_logs = fake_slurm
+  slurm_env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  slurm_args = [a for a in args if not a.startswith("--workers")]  # the script sets --workers
+  r = subprocess.run(["bash", str(REPO / "launch" / "slurm_gpu.sbatch"), "astrotl.scan",
+                      *slurm_args, f"--out={tmp_path / 'slurm'}"],
+                     env=slurm_env, capture_output=True, text=True, timeout=600)
+  logs = "".join(p.read_text() for p in sorted(slurm_logs.glob("task_*.log")))
+  assert r.returncode == 0, (r.stderr + logs)[-3000:]
+  journal = (tmp_path / "slurm" / "journal.jsonl").read_text().splitlines()
+  assert {json.loads(l)["process"] for l in journal} == {0, 1}
+  c = _predictions(tmp_path / "slurm")
+  np.testing.assert_array_equal(a["file"], c["file"])
+  np.testing.assert_allclose(a["p_wd"], c["p_wd"], atol=1e-6)
 
 
 def test_no_argument_scan_of_the_bundled_sample(tmp_path):
