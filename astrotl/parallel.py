@@ -35,8 +35,26 @@ def initialize(distributed: bool = False, coordinator_address=None, num_processe
   if coordinator_address:
     kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
                   process_id=process_id)
+  elif (ids := slurm_bound_gpus(os.environ)) is not None:
+    kwargs = dict(local_device_ids=ids)
   jax.distributed.initialize(**kwargs)
   _initialized = True
+
+
+def slurm_bound_gpus(env) -> list[int] | None:
+  """Local device ids for a SLURM task started with --gpus-per-task, else None.
+
+  JAX's SLURM detection makes task SLURM_LOCALID drive GPU number SLURM_LOCALID of those it
+  sees, which assumes every task sees all the node's GPUs.  With --gpus-per-task SLURM binds
+  each task to its own GPUs (CUDA_VISIBLE_DEVICES lists only those, seen as 0..k-1), so
+  task 3 would ask for a GPU it cannot see ("invalid device ordinal"); it should drive all
+  of its own.  JAX_LOCAL_DEVICE_IDS, when set, is left to JAX.
+  """
+  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+  if ("SLURM_JOB_ID" not in env or "SLURM_GPUS_PER_TASK" not in env or not visible
+      or "JAX_LOCAL_DEVICE_IDS" in env):
+    return None
+  return list(range(len(visible)))
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:

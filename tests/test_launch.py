@@ -113,3 +113,18 @@ def test_tpu_script_usage_error(tmp_path):
   r = subprocess.run(["bash", str(REPO / "launch" / "tpu_pod.sh"), "pod", "zone", "astrotl.scan"],
                      capture_output=True, text=True)
   assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_slurm_gpus_per_task_drive_the_gpus_the_task_sees():
+  from astrotl.parallel import slurm_bound_gpus
+  task = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "3", "SLURM_LOCALID": "3", "SLURM_NTASKS": "4"}
+  # every task sees the node's 4 GPUs: JAX's own choice (GPU number SLURM_LOCALID) is right
+  assert slurm_bound_gpus(dict(task, CUDA_VISIBLE_DEVICES="0,1,2,3")) is None
+  # --gpus-per-task=1: task 3 sees only its GPU, as device 0
+  assert slurm_bound_gpus(dict(task, SLURM_GPUS_PER_TASK="1", CUDA_VISIBLE_DEVICES="3")) == [0]
+  assert slurm_bound_gpus(dict(task, SLURM_GPUS_PER_TASK="2", CUDA_VISIBLE_DEVICES="6,7")) == [0, 1]
+  # an explicit JAX_LOCAL_DEVICE_IDS, no GPUs, or no SLURM: left to JAX
+  assert slurm_bound_gpus(dict(task, SLURM_GPUS_PER_TASK="1", CUDA_VISIBLE_DEVICES="3",
+                               JAX_LOCAL_DEVICE_IDS="0")) is None
+  assert slurm_bound_gpus(dict(task, SLURM_GPUS_PER_TASK="1")) is None
+  assert slurm_bound_gpus({"SLURM_GPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "0"}) is None
