@@ -10,6 +10,7 @@ shipped to a TPU pod) is exercised; a real cluster is not.  The srun stand-in is
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,8 +79,8 @@ def _stub_python(worker, write_tool):
   path = worker / "astrotl" / ".venv" / "bin" / "python"
   path.parent.mkdir(parents=True)
   write_tool(path.parent, "python",
-        f"#!{sys.executable}\nimport json, sys\n"
-        f"open({str(worker / 'argv.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
+             f"#!{sys.executable}\nimport json, sys\n"
+             f"open({str(worker / 'argv.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
 
 
 def test_tpu_script_ships_the_source_and_quotes_the_command(tmp_path, write_tool):
@@ -90,9 +91,7 @@ def test_tpu_script_ships_the_source_and_quotes_the_command(tmp_path, write_tool
   odd = ["--out=/mnt/shared/dr9 scan", "--note=it's $HOME"]
   for args in (odd, []):
     for w in workers:
-      if w.exists():
-        subprocess.run(["rm", "-rf", str(w)], check=True)
-    for w in workers:
+      shutil.rmtree(w, ignore_errors=True)
       _stub_python(w, write_tool)
     r = subprocess.run(["bash", script, "my-pod", "us-central2-b", "--", "astrotl.scan", *args],
                        env=env, capture_output=True, text=True, timeout=300)

@@ -217,7 +217,7 @@ def test_two_processes_scan_like_one(tmp_path, tiny_model, mirror, fake_slurm):
 
   slurm_env, slurm_logs = fake_slurm
   slurm_env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  slurm_args = [a for a in args if not a.startswith("--workers")]  # the script sets --workers
+  slurm_args = [x for x in args if not x.startswith("--workers")]  # the script sets --workers
   r = subprocess.run(["bash", str(REPO / "launch" / "slurm_gpu.sbatch"), "astrotl.scan",
                       *slurm_args, f"--out={tmp_path / 'slurm'}"],
                      env=slurm_env, capture_output=True, text=True, timeout=600)
