@@ -3,7 +3,8 @@
   python benchmarks/scaling.py --n=4000 --workers=1,2 --devices=1,2,8
 
 Each configuration runs in a fresh subprocess (the device count is fixed when JAX
-starts; on CPU, forced host devices share the same cores).  Uses the mirror made by
+starts): on CPU it gets that many forced host devices, which share the same cores; on a GPU
+node it sees the first that many GPUs, and counts beyond the node's GPUs are skipped.  Uses the mirror made by
 benchmarks/scan_throughput.py (or makes one).  Writes benchmarks/results/scaling_<backend>.json
 and prints a Markdown table.
 """
@@ -52,8 +53,11 @@ print("RESULT " + json.dumps(out))
 
 
 def run_child(devices, workers, steps, catalog):
+  # On CPU, `devices` forced host devices; on a GPU node, the first `devices` GPUs
+  # (CUDA_VISIBLE_DEVICES; the child reports how many it really got).
   env = dict(os.environ, PYTHONPATH=str(REPO),
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             CUDA_VISIBLE_DEVICES=",".join(str(i) for i in range(devices)))
   r = subprocess.run([sys.executable, "-c", _CHILD, str(_N.value), str(workers), str(steps),
                       str(catalog)], env=env, capture_output=True, text=True, cwd=REPO)
   for line in r.stdout.splitlines():
@@ -71,7 +75,11 @@ def main(argv):
     make_mirror.make(_N.value, mirror)
   rows = []
   for devices in [int(d) for d in _DEVICES.value.split(",")]:
-    rows.append({"kind": "train", "workers": 0, **run_child(devices, 0, _TRAIN_STEPS.value, catalog)})
+    train = run_child(devices, 0, _TRAIN_STEPS.value, catalog)
+    if train["devices"] < devices:  # fewer GPUs than asked for: that row was already measured
+      print(f"asked for {devices} devices, {train['devices']} available: skipped")
+      continue
+    rows.append({"kind": "train", "workers": 0, **train})
     for workers in [int(w) for w in _WORKERS.value.split(",")]:
       rows.append({"kind": "scan", "workers": workers, **run_child(devices, workers, 0, catalog)})
   print("| kind | devices | decode workers | spectra/s |")
