@@ -63,6 +63,11 @@ def _log_softmax(z):
   return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+  """Class probabilities from logits (last axis), in float64, at a fitted temperature."""
+  return np.exp(_log_softmax(np.asarray(logits, np.float64) / temperature))
+
+
 def nll(logits, labels, temperature: float = 1.0) -> float:
   lp = _log_softmax(np.asarray(logits, np.float64) / temperature)
   return float(-np.mean(lp[np.arange(len(labels)), np.asarray(labels, int)]))
@@ -90,3 +95,12 @@ def reliability(prob, hit, bins: int = 10) -> dict:
   acc = np.bincount(which, hit, bins) / np.maximum(count, 1)
   ece = float(np.sum(count * np.abs(acc - conf)) / max(len(prob), 1))
   return {"edges": edges, "count": count, "confidence": conf, "accuracy": acc, "ece": ece}
+
+
+def first_reaching(history, target: float, key: str = "val_accuracy"):
+  """(step, seconds) of the first record in a `train.fit` history whose `key` reaches
+  `target`, or (None, None) if none does: how fast a run learns, for transfer vs scratch."""
+  for h in history:
+    if h.get(key, -np.inf) >= target:
+      return h["step"], h["seconds"]
+  return None, None

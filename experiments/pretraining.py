@@ -22,7 +22,7 @@ from scipy import stats
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import galaxy_data  # noqa: E402
 
-from astrotl import train  # noqa: E402
+from astrotl import metrics, train  # noqa: E402
 from astrotl.preprocess import images as prep  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "astrotl/configs/pretraining.py:...")
@@ -42,14 +42,6 @@ def mean_ci(values, level=0.95):
   half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
   return {"mean": float(v.mean()), "ci95": [float(v.mean() - half), float(v.mean() + half)],
           "values": [float(a) for a in v]}
-
-
-def reach(history, target):
-  """(step, seconds) of the first validation with accuracy >= target, or (None, None)."""
-  for h in history:
-    if h.get("val_accuracy", -1) >= target:
-      return h["step"], h["seconds"]
-  return None, None
 
 
 def main(argv):
@@ -90,7 +82,8 @@ def main(argv):
       r = train.fit(cfg, workdir / f"{arm}_{seed}", data, pretrained=pretrained)
       pred = train.predict(model, r.best_variables, test["x"]).argmax(-1)
       row[arm] = {"test": galaxy_data.scores(test["y"], pred, 2), "best_val": r.best,
-                  "to_target": {str(t): dict(zip(("step", "seconds"), reach(r.history, t)))
+                  "to_target": {str(t): dict(zip(("step", "seconds"),
+                                                 metrics.first_reaching(r.history, t)))
                                 for t in e.targets},
                   "seconds": r.seconds,
                   "val_curve": [(h["step"], h["val_accuracy"]) for h in r.history

@@ -85,12 +85,6 @@ def class_weights(y, k):
   return tuple(float(w) for w in np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0))
 
 
-def softmax(z):
-  z = np.asarray(z, np.float64)
-  e = np.exp(z - z.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
-
-
 def score(y, pred, classes):
   """Every reported metric; `pred` may use index len(classes) for "other"."""
   k = len(classes)
@@ -155,8 +149,8 @@ def run_target(name, band, config, up_vars, up_pre, workdir, manual_dir):
   result["zero_shot"] = {}
   for label, pre in (("upsilont_preprocess", up_pre), ("refit_preprocess", target_pre)):
     z = train.predict(up_model, up_vars, inputs(test["x"], pre))
-    result["zero_shot"][label] = zero_shot(softmax(z), test["y"], classes, up_pre["classes"],
-                                           config.superclasses)
+    result["zero_shot"][label] = zero_shot(metrics.softmax(z), test["y"], classes,
+                                           up_pre["classes"], config.superclasses)
   zs = result["zero_shot"]["upsilont_preprocess"]["strict"]
   logging.info("%s zero-shot (strict): accuracy %.3f, Mc %.3f", tag, zs["accuracy"], zs["mc"])
 
@@ -247,7 +241,7 @@ def main(argv):
     data, classes, dropped = load(name, band, workdir / "tfds", manual_dir)
     test = data["test"]
     z = train.predict(up_model, up_vars, inputs(test["x"], up_pre))
-    res = zero_shot(softmax(z), test["y"], classes, up_pre["classes"], config.superclasses)
+    res = zero_shot(metrics.softmax(z), test["y"], classes, up_pre["classes"], config.superclasses)
     res.update(classes=classes, n=int(len(test["y"])), dropped_nonfinite=dropped,
                predictions=dict(zip(test["id"].tolist(),
                                     [up_pre["classes"][i] for i in z.argmax(-1)])))

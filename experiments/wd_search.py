@@ -95,17 +95,18 @@ def calibrate_bundle(config, data, target, s1, s2_model, v1, best_bundle):
   z_val2 = logits("cnn1d", s2_model, best_bundle, target["validation"]["x"])
   t2 = metrics.fit_temperature(z_val2, target["validation"]["y"])
   z_test2 = logits("cnn1d", s2_model, best_bundle, target["test"]["x"])
-  rel_raw = metrics.reliability(softmax(z_test2)[:, 1], target["test"]["y"] == 1)
-  rel_cal = metrics.reliability(softmax(z_test2, t2)[:, 1], target["test"]["y"] == 1)
-  bundle_test = binary_report(softmax(z_test2, t2)[:, 1], target["test"]["y"], config.threshold)
+  rel_raw = metrics.reliability(metrics.softmax(z_test2)[:, 1], target["test"]["y"] == 1)
+  rel_cal = metrics.reliability(metrics.softmax(z_test2, t2)[:, 1], target["test"]["y"] == 1)
+  bundle_test = binary_report(metrics.softmax(z_test2, t2)[:, 1], target["test"]["y"],
+                              config.threshold)
 
   # The one real white dwarf: SDSS BOSS, resampled to the LAMOST grid.
   sdss_path = _SDSS_WD.value or (REPO.parent / "shared/data/spectra/sdss_boss/spec-4455-55539-0692.fits.gz")
   sdss_result = None
   if pathlib.Path(sdss_path).exists():
     x = read_sdss_inputs(sdss_path)
-    p1 = softmax(logits("cnn1d", s1.model_config, v1, x), t1)[0]
-    p2 = softmax(logits("cnn1d", s2_model, best_bundle, x), t2)[0, 1]
+    p1 = metrics.softmax(logits("cnn1d", s1.model_config, v1, x), t1)[0]
+    p2 = metrics.softmax(logits("cnn1d", s2_model, best_bundle, x), t2)[0, 1]
     sdss_result = {"file": str(sdss_path), "stage1": dict(zip(classes, p1.tolist())),
                    "p_wd": float(p2)}
     logging.info("SDSS white dwarf: P(WD) = %.3f, stage 1 %s", p2, sdss_result["stage1"])
@@ -137,10 +138,12 @@ def evaluate_bundle(path, config, real, data, workdir):
   classes = list(config.classes)
   x, y = data["test"]["x"], data["test"]["y"]
   wd_idx = [classes.index(c) for c in model.wd_classes]
-  p1 = softmax(logits("cnn1d", model.meta["stage1"]["config"], model.variables["stage1"], x),
-               model.temperature["stage1"])
-  p2 = softmax(logits("cnn1d", model.meta["stage2"]["config"], model.variables["stage2"], x),
-               model.temperature["stage2"])[:, 1]
+
+  def probs(stage, inputs):  # calibrated class probabilities, as the scan computes them
+    z = logits("cnn1d", model.meta[stage]["config"], model.variables[stage], inputs)
+    return metrics.softmax(z, model.temperature[stage])
+
+  p1, p2 = probs("stage1", x), probs("stage2", x)[:, 1]
   truth = np.isin(y, wd_idx).astype(int)
   real_star = np.arange(len(y)) < len(real["test"]["y"])  # assemble() puts real stars first
   out = {"model": str(path), "n_test": int(len(y)), "n_real_stars": int(real_star.sum()),
@@ -153,10 +156,7 @@ def evaluate_bundle(path, config, real, data, workdir):
   sdss = _SDSS_WD.value or (REPO.parent / "shared/data/spectra/sdss_boss/spec-4455-55539-0692.fits.gz")
   if pathlib.Path(sdss).exists():
     xs = read_sdss_inputs(sdss)
-    q1 = softmax(logits("cnn1d", model.meta["stage1"]["config"], model.variables["stage1"], xs),
-                 model.temperature["stage1"])[0]
-    q2 = softmax(logits("cnn1d", model.meta["stage2"]["config"], model.variables["stage2"], xs),
-                 model.temperature["stage2"])[0, 1]
+    q1, q2 = probs("stage1", xs)[0], probs("stage2", xs)[0, 1]
     out["sdss_white_dwarf"] = {"p_wd": float(q2), "stage1": dict(zip(classes, q1.tolist()))}
   out["command"] = (f"python experiments/wd_search.py --config=astrotl/configs/wd_search.py "
                     f"--workdir={workdir} --evaluate={path}")
@@ -207,20 +207,6 @@ def binary_report(p_wd, y, threshold):
   pc = metrics.per_class(y, pred, 2)
   return {"accuracy": metrics.accuracy(y, pred), "wd_completeness": float(pc["completeness"][1]),
           "wd_purity": float(pc["purity"][1]), "n": int(len(y)), "n_wd": int(y.sum())}
-
-
-def softmax(z, t=1.0):
-  z = np.asarray(z, np.float64) / t
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
-
-
-def first_reaching(history, target):
-  for h in history:
-    if h.get("val_accuracy", -1) >= target:
-      return h["step"], h["seconds"]
-  return None, None
 
 
 def read_sdss_inputs(path):
@@ -286,8 +272,8 @@ def main(argv):
         r = train.fit(c, run_dir, {"train": subset, "validation": target["validation"]},
                       pretrained=None if name == "scratch" else v1)
         z = logits("cnn1d", s2_model, r.best_variables, target["test"]["x"])
-        rep = binary_report(softmax(z)[:, 1], target["test"]["y"], config.threshold)
-        step, secs = first_reaching(r.history, config.target_accuracy)
+        rep = binary_report(metrics.softmax(z)[:, 1], target["test"]["y"], config.threshold)
+        step, secs = metrics.first_reaching(r.history, config.target_accuracy)
         rep.update(variant=name, n_train=n, seed=int(seed), best=r.best, seconds=r.seconds,
                    steps_to_target=step, seconds_to_target=secs)
         runs.append(rep)
