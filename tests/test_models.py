@@ -72,3 +72,23 @@ def test_cnn1d_max_pool_equals_flax_max_pool(stride, length):
   x = np.random.default_rng(0).normal(size=(2, length, 3)).astype(np.float32)
   np.testing.assert_array_equal(max_pool2(x, stride),
                                 nn.max_pool(x, (2,), strides=(stride,), padding="VALID"))
+
+
+def test_outputs_embedding_and_features():
+  """output="embedding" is what the head sees; a cnn1d run from its feature map equals the
+  full run (how two networks with one frozen trunk share it)."""
+  x = np.random.default_rng(0).random((2, 3700)).astype(np.float32)
+  m = models.get("cnn1d", num_classes=3, dense_width=16)
+  v = m.init(jax.random.PRNGKey(0), x)
+  f = m.apply(v, x, output="features")
+  assert f.shape == (2, 219, 60)
+  np.testing.assert_allclose(m.apply(v, f, from_features=True), m.apply(v, x), atol=1e-6)
+  e = m.apply(v, x, output="embedding")
+  head = v["params"]["head"]
+  np.testing.assert_allclose(e @ head["kernel"] + head["bias"], m.apply(v, x), atol=1e-5)
+  for name, xx, width in (("resnet1d", x, 128), ("mlp", x[:, :16], 256)):
+    mm = models.get(name)
+    vv = mm.init(jax.random.PRNGKey(0), xx)
+    assert mm.apply(vv, xx, output="embedding").shape == (2, width)
+  with pytest.raises(ValueError, match="output"):
+    m.apply(v, x, output="nope")

@@ -24,6 +24,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from astrotl.models.common import check_output
+
 
 def max_pool2(x, stride: int):
   """Max-pool of window 2 along axis 1 (VALID), stride 1 or 2.
@@ -64,17 +66,30 @@ class CNN1D(nn.Module):
   frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, output: str = "logits", from_features: bool = False):
+    """Logits of `x` (batch, length).
+
+    output: "logits", "embedding" (the dense layer's output, what the head sees) or
+      "features" (the last convolutional map, (batch, 219, 60) for 3700 pixels).
+    from_features: `x` is such a feature map; the conv blocks are skipped.  Two networks
+      that share their conv blocks (a frozen trunk) run them once this way.
+    """
     if not (len(self.channels) == len(self.kernels) == len(self.pool_strides)):
       raise ValueError("cnn1d: channels, kernels and pool_strides must have the same length, got "
                        f"{len(self.channels)}, {len(self.kernels)}, {len(self.pool_strides)}")
+    check_output(output, ("logits", "embedding", "features"), "cnn1d")
     x = jnp.asarray(x, self.dtype)
-    if x.ndim == 2:
-      x = x[..., None]
-    for i, (c, k, s) in enumerate(zip(self.channels, self.kernels, self.pool_strides)):
-      x = ConvBlock1D(c, k, s, name=f"block_{i}")(x, train and f"block_{i}" not in self.frozen)
+    if not from_features:
+      if x.ndim == 2:
+        x = x[..., None]
+      for i, (c, k, s) in enumerate(zip(self.channels, self.kernels, self.pool_strides)):
+        x = ConvBlock1D(c, k, s, name=f"block_{i}")(x, train and f"block_{i}" not in self.frozen)
+    if output == "features":
+      return x
     self.sow("intermediates", "features", x)
     x = self.perturb("features", x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.dense_width, name="dense")(nn.leaky_relu(x, 0.01))
+    if output == "embedding":
+      return x
     return nn.Dense(self.num_classes, name="head")(x)

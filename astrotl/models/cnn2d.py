@@ -21,6 +21,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from astrotl.models.common import check_output
+
 
 class ConvBlock2D(nn.Module):
   features: int
@@ -54,13 +56,17 @@ class CNN2D(nn.Module):
   frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, output: str = "logits"):
+    """Logits, or with output="embedding" the dense features the head sees."""
+    check_output(output, ("logits", "embedding"), "cnn2d")
     x = _as_image(x, self.dtype)
     for i, (f, k, d, p) in enumerate(zip(self.features, self.kernels, self.dropouts, self.pools)):
       x = ConvBlock2D(f, k, d, p, name=f"block_{i}")(x, train and f"block_{i}" not in self.frozen)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.dense_width, name="dense")(x))
     x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
+    if output == "embedding":
+      return x
     return nn.Dense(self.num_classes, name="head")(x)
 
 
@@ -91,7 +97,9 @@ class AlexNet(nn.Module):
   frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, output: str = "logits"):
+    """Logits, or with output="embedding" the dense features the head sees."""
+    check_output(output, ("logits", "embedding"), "alexnet")
     x = _as_image(x, self.dtype)
     kernels = (self.stem_kernel, 5, 3, 3, 3)
     strides = (self.stem_stride, 1, 1, 1, 1)
@@ -102,4 +110,6 @@ class AlexNet(nn.Module):
     for i, w in enumerate(self.dense_widths):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       x = nn.relu(nn.Dense(w, name=f"dense_{i}")(x))
+    if output == "embedding":
+      return x
     return nn.Dense(self.num_classes, name="head")(x)

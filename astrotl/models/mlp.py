@@ -15,6 +15,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from astrotl.models.common import check_output
+
 
 def _bn(train, eps, name):
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=eps, name=name)
@@ -52,11 +54,15 @@ class MLP(nn.Module):
   frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, output: str = "logits"):
+    """Logits, or with output="embedding" the normalised features the head sees."""
+    check_output(output, ("logits", "embedding"), "mlp")
     x = jnp.asarray(x, self.dtype)
     for i, w in enumerate(self.widths):
       x = DenseBlock(w, self.first_eps if i == 0 else 1e-5, name=f"block_{i}")(
           x, train and f"block_{i}" not in self.frozen)
     last = f"block_{len(self.widths)}"
     x = NormBlock(name=last)(x, train and last not in self.frozen)
+    if output == "embedding":
+      return x
     return Head(self.num_classes, name="head")(x, train and "head" not in self.frozen)

@@ -22,6 +22,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from astrotl.models.common import check_output
+
 
 def _bn(train, name):
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
@@ -67,7 +69,9 @@ class ResNet1D(nn.Module):
   frozen: Sequence[str] = ()  # top-level blocks run in inference mode (see models/__init__)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, output: str = "logits"):
+    """Logits, or with output="embedding" the pooled features the head sees."""
+    check_output(output, ("logits", "embedding"), "resnet1d")
     if self.kernel_size < 1:
       raise ValueError(f"resnet1d: kernel_size must be >= 1, got {self.kernel_size}")
     x = jnp.asarray(x, self.dtype)
@@ -84,4 +88,6 @@ class ResNet1D(nn.Module):
     self.sow("intermediates", "features", x)
     x = self.perturb("features", x)
     x = jnp.mean(x, axis=1)
+    if output == "embedding":
+      return x
     return nn.Dense(self.num_classes, name="head")(x)
