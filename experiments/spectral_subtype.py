@@ -54,12 +54,6 @@ def data_root(configured: str) -> pathlib.Path:
                        "$ASTROTL_SHARED_DATA to the shared data root")
 
 
-def binned(a, size: int):
-  """Means of `size` consecutive pixels along the last axis (a trailing remainder is dropped)."""
-  n = a.shape[-1] // size * size
-  return a[..., :n].reshape(a.shape[:-1] + (-1, size)).mean(-1)
-
-
 def load_stars(root: pathlib.Path, clip, bin_size: int) -> dict:
   """Every LAMOST LRS star with an MK subtype: continuum-normalised, binned, on the common grid."""
   rows = list(csv.DictReader(open(root / "spectra" / "index.csv")))
@@ -76,7 +70,7 @@ def load_stars(root: pathlib.Path, clip, bin_size: int) -> dict:
       continue
     flux, ivar, mask = spectra.resample(np.log10(s.wavelength), s.flux, s.ivar, s.mask)
     norm, _ = spectra.continuum_normalise(flux, ivar, mask)
-    out["x"].append(binned(np.clip(norm, *clip), bin_size))
+    out["x"].append(spectra.binned(np.clip(norm, *clip), bin_size))
     out["subtype"].append(subtype)
     out["letter"].append(spectra.spectral_letter(s.meta["subclass"]))
     out["era"].append(ERAS.get(row["file"].split("/")[0], "other"))
@@ -322,7 +316,7 @@ def main(argv):
   # A regression map with the plain sign only shows what pushes the prediction to later
   # types; for stars predicted earlier than the training mean the evidence is what pulls
   # it down, so each star is explained in the direction it moved from the mean.
-  wave = binned(spectra.wavelength_grid(), c.bin)
+  wave = spectra.binned(spectra.wavelength_grid(), c.bin)
   xs, letters = d["x"][te], d["letter"][te]
   centre = float(np.mean(d["subtype"][tr]))
   signs = np.where(keep["pred"] < centre, -1.0, 1.0)

@@ -291,3 +291,58 @@ def _block_weights(n, nblock, block):
   pos = np.clip((np.arange(n) - centres[0]) / block, 0, nblock - 1)
   left = np.minimum(np.floor(pos).astype(np.int64), max(nblock - 2, 0))
   return left, (pos - left).astype(np.float32)
+
+
+# --- what a network sees ---------------------------------------------------------------
+
+# LAMOST's snr_g band; the S/N of a spectrum is the median of flux * sqrt(ivar) over its
+# good pixels here, so spectra from any survey (or simulated) are measured alike.
+SNR_BAND = (4000.0, 5500.0)
+
+
+def snr(flux, ivar, mask=None, xp=np):
+  """Median flux / sigma over good grid pixels in SNR_BAND ((..., NPIX) -> (...,)); 0 when
+  the band has no good pixel."""
+  wave = wavelength_grid(flux.shape[-1])
+  band = xp.asarray((wave >= SNR_BAND[0]) & (wave <= SNR_BAND[1]))
+  flux = xp.asarray(flux, xp.float32)
+  ivar = xp.asarray(ivar, xp.float32)
+  good = band & xp.isfinite(flux) & (ivar > 0)
+  if mask is not None:
+    good = good & ~xp.asarray(mask, bool)
+  ratio = xp.where(good, flux * xp.sqrt(xp.where(good, ivar, 0.0)), xp.nan)
+  out = _nanmedian(ratio, xp)
+  return xp.where(xp.isfinite(out), out, 0.0).astype(xp.float32)
+
+
+def binned(a, size: int, xp=np):
+  """Means of `size` consecutive pixels along the last axis (a trailing remainder is dropped)."""
+  if size <= 1:
+    return a
+  n = a.shape[-1] // size * size
+  return a[..., :n].reshape(a.shape[:-1] + (-1, size)).mean(-1)
+
+
+INPUTS = ("tan", "continuum")
+
+
+def network_input(flux, ivar, mask, spec: dict, xp=np):
+  """Network input from spectra on the common grid, as a model bundle's `input` says.
+
+  spec: {"normalise": "tan", "pixels": 3700} (Tan et al.: first pixels, min-max, median
+  filter) or {"normalise": "continuum", "clip": [lo, hi], "bin": 2} (Wang et al.: divided
+  by a smooth continuum, clipped, binned).  Training, the scan and `load_model().predict`
+  all call this, so a model always sees what it was trained on.
+  """
+  kind = spec.get("normalise", "tan")
+  if kind == "tan":
+    return tan_normalise(flux, mask, xp, npix=int(spec.get("pixels", TAN_NPIX)))
+  if kind == "continuum":
+    x, _ = continuum_normalise(flux, ivar, mask, xp)
+    if spec.get("clip") is not None:
+      x = xp.clip(x, *spec["clip"])
+    x = binned(x, int(spec.get("bin", 1)), xp)
+    if spec.get("pixels"):
+      x = x[..., :int(spec["pixels"])]
+    return x.astype(xp.float32)
+  raise ValueError(f"unknown spectrum normalisation {kind!r}; known: {', '.join(INPUTS)}")
