@@ -133,15 +133,15 @@ def make_data(config, workdir):
 def evaluate_bundle(path, config, real, data, workdir):
   """The shipped model as the scan uses it: stage 2 alone and the two-stage rule on the
   test split, the false-positive rate on real test stars, and the SDSS white dwarf."""
-  from astrotl import scan
-  model = scan.ScanModel.load(path)
+  from astrotl import bundle
+  model = bundle.load_model(path)
   classes = list(config.classes)
   x, y = data["test"]["x"], data["test"]["y"]
-  wd_idx = [classes.index(c) for c in model.wd_classes]
+  wd_idx = [classes.index(c) for c in model.rule["classes"]]
 
   def probs(stage, inputs):  # calibrated class probabilities, as the scan computes them
-    z = logits("cnn1d", model.meta[stage]["config"], model.variables[stage], inputs)
-    return metrics.softmax(z, model.temperature[stage])
+    net = model.networks[stage]
+    return metrics.softmax(train.predict(net.model, net.variables, inputs), net.temperature)
 
   p1, p2 = probs("stage1", x), probs("stage2", x)[:, 1]
   truth = np.isin(y, wd_idx).astype(int)

@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from astrotl import data, parallel, scan  # noqa: E402
+from astrotl import bundle, data  # noqa: E402
 from astrotl import io as aio  # noqa: E402
-from astrotl.io import batch as io_batch, weights  # noqa: E402
+from astrotl.io import weights  # noqa: E402
 from astrotl.preprocess import spectra  # noqa: E402
 
 nn = torch.nn
@@ -62,14 +62,9 @@ def test_scan_with_tan_weights_equals_pytorch(tmp_path):
   net7, net2 = _net(7, 1), _net(2, 2)
   torch.save(net7, p7)
   torch.save(net2, p2)
-  model = scan.ScanModel.load(f"torch:{p7},{p2}")
+  model = bundle.load_model(f"torch:{p7},{p2}")
   files = [str(r["path"]) for r in data.sample_index("spectra")[:4]]
-  good, arrays, _, _ = io_batch.decode_many(files)
-  mesh = parallel.make_mesh()
-  batch, _ = parallel.pad_rows(arrays, 8)
-  sharded = parallel.shard_batch(batch, mesh, 8)
-  p1, pwd = model.make_fn(mesh)(parallel.replicate(model.variables, mesh), sharded["u"],
-                                sharded["flux"], sharded["ivar"], sharded["mask"])
+  got = model.predict(files)
   xs = []
   for f in files:
     s = aio.read(f)
@@ -78,5 +73,6 @@ def test_scan_with_tan_weights_equals_pytorch(tmp_path):
   x = torch.from_numpy(np.stack(xs).astype(np.float32))[:, None, None, :]
   with torch.no_grad():
     want7, want2 = net7(x).numpy(), net2(x).numpy()[:, 1]
-  np.testing.assert_allclose(np.asarray(p1)[:4], want7, atol=1e-4)
-  np.testing.assert_allclose(np.asarray(pwd)[:4], want2, atol=1e-4)
+  p1 = np.stack([got[f"p1_{c}"] for c in model.classes], -1)
+  np.testing.assert_allclose(p1, want7, atol=1e-4)
+  np.testing.assert_allclose(got["p_wd"], want2, atol=1e-4)

@@ -19,7 +19,12 @@ META_KEYS = ("obsid", "designation", "ra", "dec", "class", "subclass", "z", "snr
 
 def decode(path, raw_len: int = RAW_LEN):
   """(arrays dict, meta dict) for one file; raises astrotl.io.SpectrumError."""
-  s = aio.read(path)
+  return raw_arrays(aio.read(path), raw_len, path)
+
+
+def raw_arrays(s: aio.Spectrum, raw_len: int = RAW_LEN, path="spectrum"):
+  """(arrays dict, meta dict) of a Spectrum already in memory, exactly as `decode` gives
+  them for a file."""
   u = spectra.grid_pixels(np.log10(np.asarray(s.wavelength, np.float64)))
   keep = np.flatnonzero((u >= -2) & (u <= spectra.NPIX + 1))
   if keep.size == 0:
@@ -43,11 +48,13 @@ def decode(path, raw_len: int = RAW_LEN):
   return out, meta
 
 
-def decode_many(paths, raw_len: int = RAW_LEN):
+def decode_many(paths, raw_len: int = RAW_LEN, on_file=None):
   """Decodes `paths` in order.  Returns (index of each good file, stacked arrays, metas,
-  [(index, path, reason) for each bad file])."""
+  [(index, path, reason) for each bad file]).  `on_file(i)` is called before file i."""
   good, arrays, metas, errors = [], [], [], []
   for i, path in enumerate(paths):
+    if on_file is not None:
+      on_file(i)
     try:
       a, m = decode(path, raw_len)
     except aio.SpectrumError as e:
@@ -59,7 +66,12 @@ def decode_many(paths, raw_len: int = RAW_LEN):
     good.append(i)
     arrays.append(a)
     metas.append(m)
-  stacked = {k: np.stack([a[k] for a in arrays]) if arrays else
-             np.zeros((0, raw_len), np.float32 if k != "mask" else bool)
-             for k in ("u", "flux", "ivar", "mask")}
+  stacked = ({k: np.stack([a[k] for a in arrays]) for k in arrays[0]} if arrays
+             else empty(raw_len))
   return good, stacked, metas, errors
+
+
+def empty(raw_len: int = RAW_LEN) -> dict:
+  """Raw arrays of no spectra."""
+  return {k: np.zeros((0, raw_len), bool if k == "mask" else np.float32)
+          for k in ("u", "flux", "ivar", "mask")}

@@ -1,0 +1,519 @@
+"""Model bundles: the unit users pass around, and the model object that predicts with one.
+
+A bundle is one `.npz` (no pickle; `checkpoint.save_bundle`) holding the weights of one
+or more networks and a JSON description::
+
+  {"format": 2, "name": "wd_two_stage",
+   "input": {"type": "spectrum", "normalise": "tan", "pixels": 3700},
+   "networks": {"stage1": {"model": "cnn1d", "config": {...}, "output": "classes",
+                           "classes": ["A", ...], "temperature": 1.8},
+                "stage2": {..., "classes": ["other", "WD"], "positive": "WD"}},
+   "rule": {"type": "two_stage", ...} or null,      (astrotl.rules)
+   "about": {"trained_by": ..., "training_data": ..., "evaluation": {...}}}
+
+`input` says how a spectrum becomes the network input (`spectra.network_input`), or for
+light curves the 16 UPSILoN features and their preprocessing.  A network's `output` is
+"classes" (with class names and a calibration temperature) or "regression" (with target
+names and optionally "scale": [[mean, std], ...]).  Everything that trains writes a
+bundle (`Model.save`); everything that predicts reads one (`load_model`).
+
+Bundled models, by name: `wd_two_stage` (the scan's default), `wd_stage1` (its stage 1
+alone, a stellar classifier) and `upsilont` (Kim et al. 2021's variable-star classifier).
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import warnings
+
+import numpy as np
+
+from astrotl import rules
+
+FORMAT = 2
+BUNDLED = {
+    "wd_two_stage": ("models/wd_two_stage.npz", None),
+    "wd_stage1": ("models/wd_two_stage.npz", "stage1"),
+    "upsilont": ("upsilont", None),
+}
+
+
+class BundleError(ValueError):
+  """A bundle that cannot be used; the message names the file and what is wrong."""
+
+
+def column_name(name: str) -> str:
+  """A class name as an identifier for column names ('WD+M' -> 'WD_M')."""
+  out = re.sub(r"\W", "_", str(name))
+  return out if out and not out[0].isdigit() else f"c_{out}"
+
+
+class Network:
+  """One network of a bundle: a registry model, its variables and what its outputs mean."""
+
+  def __init__(self, name, meta, variables):
+    from astrotl import models
+    self.name = name
+    self.meta = dict(meta)
+    self.output = meta.get("output", "classes")
+    if self.output not in ("classes", "regression"):
+      raise BundleError(f"network {name!r}: output {self.output!r} is not 'classes' or "
+                        "'regression'")
+    self.classes = [str(c) for c in meta.get("classes", ())]
+    self.targets = [str(t) for t in meta.get("targets", ())]
+    if self.output == "classes" and not self.classes:
+      raise BundleError(f"network {name!r} has no class names")
+    if self.output == "regression" and not self.targets:
+      self.targets = ["value"]
+    self.temperature = float(meta.get("temperature", 1.0))
+    self.scale = np.asarray(meta.get("scale", [[0.0, 1.0]] * len(self.targets)), np.float32)
+    try:
+      self.model = models.get(meta["model"], **meta.get("config", {}))
+    except (KeyError, ValueError, TypeError) as e:
+      raise BundleError(f"network {name!r}: {e}") from None
+    self.variables = variables
+
+  @property
+  def width(self):
+    return len(self.classes) if self.output == "classes" else len(self.targets)
+
+  def describe(self):
+    return {**self.meta, "classes": self.classes} if self.output == "classes" else self.meta
+
+
+class Model:
+  """A trained model from a bundle: `.classes`, `.predict`, `.embed`, `.explain`, `.save`.
+
+  Spectrum models take file paths, `astrotl.io.Spectrum` objects, (wavelength, flux[, ivar])
+  tuples or flux arrays already on the common grid (`astrotl.preprocess.spectra`), alone or
+  in lists; they run the exact jit-compiled function the scan runs.
+  """
+
+  def __init__(self, trees: dict, meta: dict, source=None):
+    meta = upgrade_meta(meta)
+    self.meta = meta
+    self.source = str(source) if source is not None else meta.get("name", "model")
+    self.input = dict(meta.get("input") or {})
+    if not meta.get("networks"):
+      raise BundleError(f"{self.source}: the bundle describes no networks")
+    missing = [n for n in meta["networks"] if n not in trees]
+    if missing:
+      raise BundleError(f"{self.source}: no weights for networks {missing}")
+    self.networks = {n: Network(n, m, trees[n]) for n, m in meta["networks"].items()}
+    self.rule = meta.get("rule")
+    rules.check(self.rule, list(self.columns()) + ["snr"])
+    self._fns = {}
+
+  # --- what the model produces --------------------------------------------------------
+
+  @property
+  def name(self):
+    return self.meta.get("name") or pathlib.Path(self.source).stem
+
+  @property
+  def kind(self):
+    """'two_stage', 'classifier' or 'regressor'."""
+    if self.rule and self.rule.get("type") == "two_stage":
+      return "two_stage"
+    return "regressor" if self.primary.output == "regression" else "classifier"
+
+  @property
+  def primary(self) -> Network:
+    return next(iter(self.networks.values()))
+
+  @property
+  def classes(self) -> list:
+    """Class names of the primary (first) network; [] for a regressor."""
+    return list(self.primary.classes)
+
+  def columns(self) -> dict:
+    """{column: (description, unit)} of the outputs, in table order."""
+    out = {}
+    two = self.kind == "two_stage"
+    for i, net in enumerate(self.networks.values()):
+      if net.output == "regression":
+        for t in net.targets:
+          out[column_name(t)] = (f"{t} predicted by network {net.name}", "")
+        continue
+      if two and i == 1:
+        pos = net.meta.get("positive", net.classes[-1])
+        out[f"p_{column_name(pos).lower()}"] = (
+            f"calibrated probability of {pos} from network {net.name}", "")
+        continue
+      prefix = "p1_" if two else "p_"
+      for c in net.classes:
+        out[prefix + column_name(c)] = (f"calibrated probability of class {c} "
+                                        f"(network {net.name})", "")
+      out["class1" if two else "pred_class"] = (f"most probable class of network {net.name}", "")
+    return out
+
+  def numeric_columns(self):
+    cols = self.columns()
+    return [c for c in cols if c not in ("class1", "pred_class")] + ["snr"]
+
+  def outputs_to_columns(self, outs: dict) -> dict:
+    """Columns (numpy) from the arrays `make_fn` returns for some rows.
+
+    A network missing from `outs` (a cascade skipped it) gives NaN columns."""
+    n = len(outs["snr"])
+    cols = {}
+    two = self.kind == "two_stage"
+    for i, net in enumerate(self.networks.values()):
+      values = outs.get(net.name)
+      if values is None:
+        values = np.full((n, net.width), np.nan, np.float32)
+      values = np.asarray(values, np.float32)
+      if net.output == "regression":
+        for j, t in enumerate(net.targets):
+          cols[column_name(t)] = values[:, j]
+      elif two and i == 1:
+        pos = net.meta.get("positive", net.classes[-1])
+        cols[f"p_{column_name(pos).lower()}"] = values[:, net.classes.index(pos)]
+      else:
+        prefix = "p1_" if two else "p_"
+        for j, c in enumerate(net.classes):
+          cols[prefix + column_name(c)] = values[:, j]
+        best = np.asarray(net.classes, dtype=object)[values.argmax(-1)] if n else []
+        cols["class1" if two else "pred_class"] = np.asarray(best, dtype=str)
+    cols["snr"] = np.asarray(outs["snr"], np.float32)
+    return cols
+
+  def identity(self) -> str:
+    """Hash of the weights and description, so a resumed scan cannot mix two models."""
+    from astrotl import surgery
+    h = hashlib.sha256(json.dumps({"input": self.input, "networks": self.meta["networks"]},
+                                  sort_keys=True, default=str).encode())
+    for name, net in self.networks.items():
+      for leaf, v in surgery.flatten(net.variables).items():
+        h.update(f"{name}/{leaf}".encode())
+        h.update(np.ascontiguousarray(np.asarray(v, np.float32)).tobytes())
+    return h.hexdigest()[:16]
+
+  # --- spectra through the device ---------------------------------------------------------
+
+  def shared_trunk(self, a: str, b: str) -> bool:
+    """True when networks a and b are cnn1d's with identical conv blocks (a frozen trunk),
+    so the blocks need to run only once for both."""
+    na, nb = self.networks[a], self.networks[b]
+    if na.meta["model"] != "cnn1d" or nb.meta["model"] != "cnn1d":
+      return False
+    if {k: v for k, v in na.meta.get("config", {}).items() if k not in ("num_classes", "dense_width")} != \
+       {k: v for k, v in nb.meta.get("config", {}).items() if k not in ("num_classes", "dense_width")}:
+      return False
+    from astrotl import surgery
+    fa, fb = surgery.flatten(na.variables), surgery.flatten(nb.variables)
+    blocks = [k for k in fa if re.match(r"(params|batch_stats)/block_\d+/", k)]
+    return bool(blocks) and all(k in fb and np.array_equal(fa[k], fb[k]) for k in blocks) and \
+        len(blocks) == len([k for k in fb if re.match(r"(params|batch_stats)/block_\d+/", k)])
+
+  def make_fn(self, mesh, networks=None, embed=False, share=True):
+    """jit-compiled (variables, u, flux, ivar, mask) -> {network: probabilities or values,
+    "snr": (B,), "embedding": (B, D) if embed}, on raw batches from `astrotl.io.batch`.
+
+    Resampling, normalisation and every network run in one function on the device.
+    `networks`: names to run (default all); `share`: run a shared conv trunk once.
+    """
+    import jax
+    import jax.numpy as jnp
+    from astrotl import parallel
+    from astrotl.preprocess import spectra
+
+    if self.input.get("type", "spectrum") != "spectrum":
+      raise BundleError(f"{self.source}: a {self.input.get('type')} model, not a spectrum model")
+    names = list(networks or self.networks)
+    nets = [self.networks[n] for n in names]
+    primary = self.primary
+    spec = self.input
+    trunk = share and len(nets) > 1 and all(self.shared_trunk(names[0], n) for n in names[1:])
+    if embed and primary.name not in names:
+      raise BundleError("embed needs the primary network")
+
+    def fn(variables, u, flux, ivar, mask):
+      f, iv, bad = spectra.resample_pixels(u, flux, ivar, mask, xp=jnp)
+      x = spectra.network_input(f, iv, bad, spec, xp=jnp)
+      out = {"snr": spectra.snr(f, iv, bad, xp=jnp)}
+      feats = None
+      if trunk:
+        feats = nets[0].model.apply(variables[names[0]], x, output="features")
+      for net in nets:
+        v = variables[net.name]
+        z = (net.model.apply(v, feats, from_features=True) if feats is not None
+             else net.model.apply(v, x))
+        if net.output == "classes":
+          out[net.name] = jax.nn.softmax(z / net.temperature, axis=-1)
+        else:
+          out[net.name] = z * net.scale[:, 1] + net.scale[:, 0]
+        if embed and net is primary:
+          out["embedding"] = (net.model.apply(v, feats, from_features=True, output="embedding")
+                              if feats is not None else net.model.apply(v, x, output="embedding"))
+      return out
+
+    repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(fn, in_shardings=(repl, data, data, data, data), out_shardings=data)
+
+  def variables(self, names=None) -> dict:
+    return {n: self.networks[n].variables for n in (names or self.networks)}
+
+  def _run(self, raw: dict, batch_size: int, embed: bool) -> dict:
+    """make_fn's outputs for host raw arrays (any number of rows) on the local devices."""
+    import jax
+    from astrotl import parallel
+    n = len(raw["u"])
+    key = ("run", embed)
+    if key not in self._fns:
+      mesh = parallel.make_mesh(jax.local_devices())
+      self._fns[key] = (mesh, self.make_fn(mesh, embed=embed),
+                        parallel.replicate(self.variables(), mesh))
+    mesh, fn, variables = self._fns[key]
+    n_dev = mesh.devices.size
+    size = min(batch_size, max(8, 1 << max(n - 1, 0).bit_length()))  # few compiled sizes
+    size = max(n_dev, size // n_dev * n_dev)
+    outs = []
+    for start in range(0, n, size):
+      part, _ = parallel.pad_rows({k: v[start:start + size] for k, v in raw.items()}, size)
+      arrays = parallel.shard_batch(part, mesh, size)
+      res = fn(variables, arrays["u"], arrays["flux"], arrays["ivar"], arrays["mask"])
+      outs.append({k: np.asarray(v)[:min(size, n - start)] for k, v in res.items()})
+    if not outs:
+      return {}
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+  # --- the user's calls ---------------------------------------------------------------------
+
+  def predict(self, inputs, batch_size: int = 256):
+    """Class probabilities (or regression values) as an astropy Table, one row per input.
+
+    Columns: `name` (the file, or the input's index), the model's output columns (see
+    `columns()`), `snr`, and `candidate` when the bundle has a candidate rule.  Inputs
+    that cannot be read are listed in `table.meta["errors"]`; if none can, the error is
+    raised.
+    """
+    if self.input.get("type") == "lightcurve":
+      from astrotl import lightcurves
+      return lightcurves.predict(self, inputs, batch_size)
+    names, raw, metas, errors = spectrum_inputs(inputs)
+    outs = self._run(raw, batch_size, embed=False)
+    return self._table(names, outs, metas, errors)
+
+  def _table(self, names, outs, metas, errors):
+    from astropy.table import Table
+    cols = self.outputs_to_columns(outs) if outs else {c: np.zeros(0) for c in self.columns()}
+    t = Table({"name": np.asarray(names, dtype=str)})
+    for k, v in cols.items():
+      t[k] = v
+    t["snr"].description = "median flux * sqrt(ivar) over 4000-5500 A on the common grid"
+    for k, (desc, unit) in self.columns().items():
+      t[k].description = desc
+    if self.rule and len(t):
+      survey = [(m or {}).get("class") or "" for m in metas]
+      t["candidate"] = rules.select(self.rule, {**cols, "survey_class": np.asarray(survey)})
+      t["candidate"].description = rules.describe(self.rule)
+    t.meta["errors"] = errors
+    t.meta["model"] = self.source
+    return t
+
+  def embed(self, inputs, batch_size: int = 256) -> np.ndarray:
+    """The primary network's penultimate features (what its head sees), (n, D) float32."""
+    if self.input.get("type") == "lightcurve":
+      from astrotl import lightcurves
+      return lightcurves.embed(self, inputs, batch_size)
+    names, raw, metas, errors = spectrum_inputs(inputs)
+    return np.asarray(self._run(raw, batch_size, embed=True)["embedding"], np.float32)
+
+  def network_inputs(self, inputs) -> tuple[list, np.ndarray]:
+    """(names, the networks' input x) for spectra, exactly as the device computes it."""
+    import jax
+    import jax.numpy as jnp
+    from astrotl.preprocess import spectra
+    names, raw, _, _ = spectrum_inputs(inputs)
+    if "inputs" not in self._fns:
+      self._fns["inputs"] = jax.jit(lambda u, f, v, m: spectra.network_input(
+          *spectra.resample_pixels(u, f, v, m, xp=jnp), self.input, xp=jnp))
+    return names, np.asarray(self._fns["inputs"](raw["u"], raw["flux"], raw["ivar"], raw["mask"]))
+
+  def explain(self, inputs, target=None, network=None):
+    """Grad-CAM maps (n, pixels) of `network` (default the primary) for `target` (a class
+    name or index; None = each spectrum's predicted class), on the network's input grid."""
+    from astrotl import explain
+    net = self.networks[network] if network else self.primary
+    _, x = self.network_inputs(inputs)
+    if isinstance(target, str):
+      if target not in net.classes:
+        raise ValueError(f"explain: {target!r} is not one of {net.classes}")
+      target = net.classes.index(target)
+    return explain.cam(net.model, net.variables, x, target=target)
+
+  def subset(self, network: str, name=None) -> "Model":
+    """A Model of one network of this one (e.g. stage 1 of the two-stage bundle)."""
+    meta = dict(self.meta, name=name or f"{self.name}:{network}",
+                networks={network: self.meta["networks"][network]}, rule=None)
+    return Model({network: self.networks[network].variables}, meta, source=self.source)
+
+  def save(self, path, int8=(), dtype=np.float16) -> pathlib.Path:
+    """Writes the bundle (`.npz`); int8: regexes of 2-D kernels to store as int8."""
+    from astrotl import checkpoint
+    meta = dict(self.meta, format=FORMAT)
+    checkpoint.save_bundle(path, {n: net.variables for n, net in self.networks.items()}, meta,
+                           dtype=dtype, int8=int8)
+    return pathlib.Path(path)
+
+  def __repr__(self):
+    nets = ", ".join(f"{n}: {net.meta['model']} -> {net.classes or net.targets}"
+                     for n, net in self.networks.items())
+    return f"<astrotl Model {self.name} ({self.kind}; {nets})>"
+
+
+# --- loading ----------------------------------------------------------------------------
+
+def upgrade_meta(meta: dict) -> dict:
+  """Format-1 bundles (stage1/stage2 at the top, from astrotl 0.1) in today's layout."""
+  if meta.get("format", 1) >= 2 or "networks" in meta:
+    return meta
+  if "stage1" not in meta or "stage2" not in meta:
+    raise BundleError("not an astrotl model bundle: no 'networks' and no stage1/stage2")
+  s1, s2 = dict(meta["stage1"]), dict(meta["stage2"])
+  s2["positive"] = s2["classes"][int(s2.pop("positive_index", 1))]
+  wd = [c for c in s1["classes"] if str(c).upper().startswith("WD")]
+  out = {"format": FORMAT, "name": "wd_two_stage",
+         "input": {"type": "spectrum", "normalise": "tan",
+                   "pixels": int(meta.get("input_pixels", 3700))},
+         "networks": {"stage1": s1, "stage2": s2},
+         "rule": {"type": "two_stage", "score": "p_" + column_name(s2["positive"]).lower(),
+                  "threshold": 0.5, "agree": "class1", "classes": wd},
+         "about": {k: v for k, v in meta.items() if k not in ("stage1", "stage2", "input_pixels")}}
+  return out
+
+
+def _resource(rel):
+  from astrotl import data
+  return pathlib.Path(str(data.sample_dir(rel.split("/")[0]))).joinpath(*rel.split("/")[1:])
+
+
+def load_model(name_or_path) -> Model:
+  """A Model from a bundled name (`wd_two_stage`, `wd_stage1`, `upsilont`), a bundle path
+  (.npz), or 'torch:stage1.pt,stage2.pt' (Tan et al.'s published PyTorch weights)."""
+  from astrotl import checkpoint
+  spec = os.fspath(name_or_path) if name_or_path is not None else "wd_two_stage"
+  if spec.startswith("torch:"):
+    return from_torch(*spec[len("torch:"):].split(","))
+  only = None
+  if spec in BUNDLED:
+    rel, only = BUNDLED[spec]
+    path = _resource(rel)
+    if spec == "upsilont":
+      return _upsilont(path)
+    if not path.exists():
+      raise FileNotFoundError(f"{path}: the bundled model {spec!r} is missing from this "
+                              "installation")
+  else:
+    path = pathlib.Path(spec)
+    if not path.exists():
+      raise FileNotFoundError(f"{spec}: no such model bundle; give a bundle path or one of "
+                              f"{', '.join(BUNDLED)}")
+    if path.is_dir():
+      raise BundleError(f"{spec}: a folder, not a model bundle (.npz); to start from a "
+                        "training workdir use astrotl.finetune(source=...)")
+  try:
+    trees, meta = checkpoint.load_bundle(path)
+  except checkpoint.CheckpointError as e:
+    raise BundleError(str(e)) from None
+  try:
+    model = Model(trees, meta, source=path)
+  except (rules.RuleError, KeyError) as e:
+    raise BundleError(f"{path}: {e}") from None
+  if only:
+    model = model.subset(only, name=spec)
+  return model
+
+
+def from_torch(stage1_pt, stage2_pt) -> Model:
+  """Tan et al.'s published PyTorch networks (7_cnn_model.pt, 2_cnn_model.pt) as a
+  two-stage model with their 7 classes (no calibration)."""
+  from astrotl.io import weights
+  from astrotl.preprocess.spectra import DEFAULT_CLASSES
+  classes = list(DEFAULT_CLASSES)
+  trees, nets = {}, {}
+  for key, path, names in (("stage1", stage1_pt, classes), ("stage2", stage2_pt, ["other", "WD"])):
+    trees[key] = weights.tan_cnn1d(weights.load_torch(path), num_classes=len(names))
+    nets[key] = {"model": "cnn1d", "config": {"num_classes": len(names)}, "output": "classes",
+                 "classes": names, "temperature": 1.0}
+  nets["stage2"]["positive"] = "WD"
+  meta = {"format": FORMAT, "name": "tan2023_torch",
+          "input": {"type": "spectrum", "normalise": "tan", "pixels": 3700},
+          "networks": nets,
+          "rule": {"type": "two_stage", "score": "p_wd", "threshold": 0.5, "agree": "class1",
+                   "classes": ["WD"]},
+          "about": {"source": f"torch:{stage1_pt},{stage2_pt}"}}
+  return Model(trees, meta, source=f"torch:{stage1_pt},{stage2_pt}")
+
+
+def _upsilont(folder) -> Model:
+  from astrotl.io import weights
+  variables, pre = weights.upsilont(folder)
+  meta = {"format": FORMAT, "name": "upsilont",
+          "input": {"type": "lightcurve", "features": "upsilon16", "preprocess": pre},
+          "networks": {"main": {"model": "mlp",
+                                "config": {"num_classes": len(pre["classes"]),
+                                           "first_eps": weights.UPSILONT_FIRST_EPS},
+                                "output": "classes", "classes": list(pre["classes"]),
+                                "temperature": 1.0}},
+          "rule": None,
+          "about": {"trained_by": "Kim et al. 2021 (UPSILoN-T), OGLE + EROS-2",
+                    "source": str(folder)}}
+  return Model({"main": variables}, meta, source="upsilont")
+
+
+# --- inputs -----------------------------------------------------------------------------
+
+def spectrum_inputs(inputs):
+  """(names, raw arrays, metas, errors) for files, Spectrum objects, (wavelength, flux[,
+  ivar[, mask]]) tuples or flux arrays on the common grid, alone or in a list."""
+  from astrotl import io as aio
+  from astrotl.io import batch as io_batch
+  from astrotl.preprocess import spectra
+  if isinstance(inputs, np.ndarray) and inputs.ndim == 2 and inputs.dtype.kind == "f":
+    inputs = list(inputs)
+  elif isinstance(inputs, (str, os.PathLike, aio.Spectrum, np.ndarray)) or (
+      isinstance(inputs, tuple) and len(inputs) in (2, 3, 4) and np.ndim(inputs[0]) == 1
+      and np.ndim(inputs[1]) == 1 and len(inputs[0]) == len(inputs[1]) > 4):
+    inputs = [inputs]
+  names, arrays, metas, errors = [], [], [], []
+  grid = spectra.wavelength_grid()
+  for i, item in enumerate(inputs):
+    try:
+      if isinstance(item, (str, os.PathLike)):
+        a, m = io_batch.decode(item)
+        name = os.fspath(item)
+      else:
+        if isinstance(item, np.ndarray):
+          if item.shape[-1] != len(grid):
+            raise aio.SpectrumError(f"input {i}", f"a flux array must have the common grid's "
+                                    f"{len(grid)} pixels (got {item.shape[-1]}); pass "
+                                    "(wavelength, flux, ivar) instead")
+          item = (grid, item)
+        if isinstance(item, tuple):
+          wave, flux = np.asarray(item[0], np.float64), np.asarray(item[1], np.float32)
+          ivar = np.asarray(item[2], np.float32) if len(item) > 2 else np.ones_like(flux)
+          mask = (np.asarray(item[3], bool) if len(item) > 3 else np.zeros(flux.shape, bool))
+          mask = mask | ~np.isfinite(flux) | ~(ivar > 0)
+          item = aio.Spectrum(wave, flux, ivar, mask, {})
+        a, m = io_batch.raw_arrays(item, path=f"input {i}")
+        name = str(i)
+    except aio.SpectrumError as e:
+      errors.append((str(e.path), e.reason))
+      continue
+    names.append(name)
+    arrays.append(a)
+    metas.append(m)
+  if not arrays:
+    if errors:
+      raise aio.SpectrumError(errors[0][0], errors[0][1] + (
+          f" (and {len(errors) - 1} more unreadable inputs)" if len(errors) > 1 else ""))
+    raise ValueError("no inputs given")
+  if errors:
+    warnings.warn(f"{len(errors)} of {len(errors) + len(arrays)} inputs could not be read; "
+                  "see table.meta['errors']")
+  raw = {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
+  return names, raw, metas, errors
