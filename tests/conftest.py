@@ -82,3 +82,49 @@ exit $status
              PYTHONPATH=str(REPO), SLURM_JOB_ID=job_id, SLURM_NTASKS="2",
              SLURM_CPUS_PER_TASK="1", JAX_PLATFORMS="cpu")
   return env, log_dir
+
+
+TINY = {"channels": (4, 4, 4, 4, 4, 4, 4, 4), "dense_width": 8}
+TINY_CLASSES = ["A", "F", "G", "K", "M", "WD", "WD+M"]
+
+
+def _tiny_bundles(folder):
+  """Small random bundles, fast to compile, on the real code paths: a two-stage model
+  whose stages share their conv trunk, one whose stages do not, a single classifier and
+  a regressor.  Returns {kind: path}."""
+  import numpy as np
+  from astrotl import checkpoint, models, train
+  x = np.zeros((1, 3700), np.float32)
+  v1 = train.init_variables(models.get("cnn1d", num_classes=7, **TINY), x, 0)
+  v2 = train.init_variables(models.get("cnn1d", num_classes=2, **TINY), x, 1)
+  shared = {c: {k: (v1[c][k] if k.startswith("block_") else v) for k, v in v2[c].items()}
+            for c in v2}
+  vr = train.init_variables(models.get("cnn1d", num_classes=1, **TINY), x, 2)
+  spectrum = {"type": "spectrum", "normalise": "tan", "pixels": 3700}
+  stage1 = {"model": "cnn1d", "config": dict(TINY, num_classes=7), "output": "classes",
+            "classes": TINY_CLASSES, "temperature": 1.3}
+  stage2 = {"model": "cnn1d", "config": dict(TINY, num_classes=2), "output": "classes",
+            "classes": ["other", "WD"], "positive": "WD", "temperature": 0.7}
+  rule = {"type": "two_stage", "score": "p_wd", "threshold": 0.5, "agree": "class1",
+          "classes": ["WD", "WD+M"]}
+  out = {}
+  for kind, trees, meta in (
+      ("shared", {"stage1": v1, "stage2": shared},
+       {"networks": {"stage1": stage1, "stage2": stage2}, "rule": rule}),
+      ("separate", {"stage1": v1, "stage2": v2},
+       {"networks": {"stage1": stage1, "stage2": stage2}, "rule": rule}),
+      ("classifier", {"main": v1}, {"networks": {"main": stage1}, "rule": None}),
+      ("regressor", {"main": vr},
+       {"networks": {"main": {"model": "cnn1d", "config": dict(TINY, num_classes=1),
+                              "output": "regression", "targets": ["subtype"],
+                              "scale": [[45.0, 10.0]]}}, "rule": None})):
+    path = folder / f"tiny_{kind}.npz"
+    checkpoint.save_bundle(path, trees, {"format": 2, "name": f"tiny_{kind}", "input": spectrum,
+                                         **meta})
+    out[kind] = path
+  return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory):
+  return _tiny_bundles(tmp_path_factory.mktemp("bundles"))

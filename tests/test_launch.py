@@ -102,10 +102,10 @@ def test_tpu_script_ships_the_source_and_quotes_the_command(tmp_path, write_tool
   assert all("my-pod" in " ".join(c) and "--zone=us-central2-b" in c for c in calls)
   with tarfile.open(workers[0] / "tmp" / "astrotl-src.tgz") as tar:
     names = set(tar.getnames())
-  assert {"pyproject.toml", "astrotl/scan.py", "launch/tpu_pod.sh"} <= names
+  assert {"pyproject.toml", "astrotl/scan/__init__.py", "launch/tpu_pod.sh"} <= names
   assert not any(n.split("/")[0] in {".git", ".venv", "workdir", "build"} for n in names)
   # the source really arrived: unpacked by the script on each worker
-  assert (workers[1] / "astrotl" / "astrotl" / "scan.py").exists()
+  assert (workers[1] / "astrotl" / "astrotl" / "scan" / "__init__.py").exists()
 
 
 def test_tpu_script_usage_error(tmp_path):

@@ -10,7 +10,6 @@ the file does have.
 
 import gzip
 import os
-import pathlib
 
 import numpy as np
 
@@ -71,6 +70,8 @@ def _read_text(path):
     raise CatalogError(path, f"cannot parse catalog: {e}") from None
   out = {}
   for name, column in zip(table.column_names, table.columns):
+    if pyarrow.types.is_temporal(column.type):  # dates (obsdate) stay text, as written
+      column = column.cast(pyarrow.string())
     values = column.to_numpy(zero_copy_only=False)
     if values.dtype == object:
       values = np.array(["" if v is None else str(v) for v in values], dtype=str)
@@ -140,8 +141,8 @@ def lamost_relative_path(obsdate, planid, lmjd, spid, fiberid) -> str:
   return f"{day}/{str(planid).strip()}/{lamost_filename(lmjd, planid, spid, fiberid)}.gz"
 
 
-def spectrum_paths(catalog_path, root=None, path_column=None) -> tuple[list[str], dict]:
-  """File paths listed by a catalog, joined to `root`; and the table itself.
+def catalog_paths(catalog_path, path_column=None) -> tuple[list[str], dict]:
+  """File paths as a catalog lists them (relative or absolute), and the table itself.
 
   Uses a path/file column if there is one; otherwise builds LAMOST archive paths from
   obsdate, planid, lmjd, spid and fiberid (the general catalog's columns).
@@ -149,45 +150,55 @@ def spectrum_paths(catalog_path, root=None, path_column=None) -> tuple[list[str]
   table = read_table(catalog_path)
   col = find_column(table, PATH_ALIASES, catalog_path, "path", path_column)
   if col is not None:
-    rel = [str(v).strip() for v in table[col]]
-  else:
-    need = ("obsdate", "planid", "lmjd", "spid", "fiberid")
-    lower = {c: c for c in table}
-    missing = [n for n in need if n not in lower]
-    if missing:
-      raise CatalogError(catalog_path, f"no file-path column ({', '.join(PATH_ALIASES)}) and "
-                         f"cannot build LAMOST paths: missing {missing}; columns are "
-                         f"{sorted(table)}; name the path column with --path_column")
-    cols = [table[lower[n]] for n in need]
-    rel = [lamost_relative_path(*row) for row in zip(*cols)]
-  base = pathlib.Path(root) if root else pathlib.Path(catalog_path).parent
-  return [str(p if pathlib.Path(p).is_absolute() else base / p) for p in rel], table
+    return [str(v).strip() for v in table[col]], table
+  need = ("obsdate", "planid", "lmjd", "spid", "fiberid")
+  missing = [n for n in need if n not in table]
+  if missing:
+    raise CatalogError(catalog_path, f"no file-path column ({', '.join(PATH_ALIASES)}) and "
+                       f"cannot build LAMOST paths: missing {missing}; columns are "
+                       f"{sorted(table)}; name the path column with --path_column")
+  return [lamost_relative_path(*row) for row in zip(*(table[n] for n in need))], table
 
 
-def radec(table, path="catalog", ra_column=None, dec_column=None):
-  ra = require_column(table, RA_ALIASES, path, "RA", "--ra_column", ra_column)
-  dec = require_column(table, DEC_ALIASES, path, "Dec", "--dec_column", dec_column)
+def radec(table, path="catalog", ra_column=None, dec_column=None,
+          flags=("--ra_column", "--dec_column")):
+  """(ra, dec) float arrays; `flags` name the options that choose the columns, for errors."""
+  ra = require_column(table, RA_ALIASES, path, "RA", flags[0], ra_column)
+  dec = require_column(table, DEC_ALIASES, path, "Dec", flags[1], dec_column)
   return np.asarray(table[ra], float), np.asarray(table[dec], float)
 
 
-def crossmatch(ra, dec, known_ra, known_dec, radius_arcsec: float = 3.0):
-  """For each (ra, dec): index of the nearest known object within the radius (-1 if
-  none) and its separation in arcsec (NaN where there is no position)."""
-  from astropy import units as u
-  from astropy.coordinates import SkyCoord
-  ra, dec = np.asarray(ra, float), np.asarray(dec, float)
-  idx = np.full(len(ra), -1, np.int64)
-  sep = np.full(len(ra), np.nan)
-  ok = np.isfinite(ra) & np.isfinite(dec)
-  kok = np.isfinite(known_ra) & np.isfinite(known_dec)
-  if not ok.any() or not kok.any():
+class Matcher:
+  """Nearest-neighbour sky match against a fixed list of positions (e.g. known white
+  dwarfs); the search tree is built once and reused for every batch of queries."""
+
+  def __init__(self, known_ra, known_dec):
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    known_ra, known_dec = np.asarray(known_ra, float), np.asarray(known_dec, float)
+    ok = np.isfinite(known_ra) & np.isfinite(known_dec)
+    self._index = np.flatnonzero(ok)
+    self._coord = SkyCoord(known_ra[ok] * u.deg, known_dec[ok] * u.deg) if ok.any() else None
+
+  def match(self, ra, dec, radius_arcsec: float = 3.0):
+    """For each (ra, dec): index of the nearest known object within the radius (-1 if
+    none) and its separation in arcsec (NaN where there is no position)."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    ra, dec = np.asarray(ra, float), np.asarray(dec, float)
+    idx = np.full(len(ra), -1, np.int64)
+    sep = np.full(len(ra), np.nan)
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    if not ok.any() or self._coord is None:
+      return idx, sep
+    j, d2, _ = SkyCoord(ra[ok] * u.deg, dec[ok] * u.deg).match_to_catalog_sky(self._coord)
+    d = d2.to(u.arcsec).value
+    hit = d <= radius_arcsec
+    idx[np.flatnonzero(ok)[hit]] = self._index[j[hit]]
+    sep[ok] = d
     return idx, sep
-  kidx = np.flatnonzero(kok)
-  c = SkyCoord(ra[ok] * u.deg, dec[ok] * u.deg)
-  k = SkyCoord(np.asarray(known_ra)[kok] * u.deg, np.asarray(known_dec)[kok] * u.deg)
-  j, d2, _ = c.match_to_catalog_sky(k)
-  d = d2.to(u.arcsec).value
-  hit = d <= radius_arcsec
-  idx[np.flatnonzero(ok)[hit]] = kidx[j[hit]]
-  sep[ok] = d
-  return idx, sep
+
+
+def crossmatch(ra, dec, known_ra, known_dec, radius_arcsec: float = 3.0):
+  """`Matcher(known_ra, known_dec).match(ra, dec, radius_arcsec)` in one call."""
+  return Matcher(known_ra, known_dec).match(ra, dec, radius_arcsec)

@@ -1,0 +1,219 @@
+"""`python -m astrotl.scan`: run a trained model over a survey and write a candidate catalog.
+
+With no arguments it scans the spectra bundled with the package with the bundled
+two-stage white-dwarf model, into ./astrotl-scan.  Typical survey use::
+
+    python -m astrotl.scan --catalog=dr9_v1.0_LRS_catalogue.csv --root=/data/lamost/dr9 \\
+        --known=known_wds.fits --out=/scratch/wd-scan
+
+or from Python, `astrotl.scan.scan(catalog=..., root=..., out=...)`.
+
+Data flows one way through small modules:
+  inputs   files from folders, globs or a catalog, resolved and checked before any work;
+  workers  decoding in processes with a per-file time limit (astrotl.io readers);
+  runner   batches through one jit-compiled function on the local devices (resampling,
+           normalisation and the networks, `astrotl.bundle.Model.make_fn`), overlapped
+           with decoding and with chunk writes;
+  chunks   the output folder: lock, manifest, journaled atomic chunks (resume exactly);
+  merge    chunks -> predictions.parquet, candidates.fits/.vot, errors.csv, summary.json;
+  report   report.md and its plots.
+With --distributed each process scans the chunks i with i % processes == its index on
+its own devices (inference needs no collectives), then process 0 merges.
+"""
+
+import os
+import signal
+import sys
+import time
+
+from astrotl.scan.chunks import OutputError
+from astrotl.scan.inputs import InputError
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM arrived; `signum` says which."""
+
+  def __init__(self, signum):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+def candidate_rule(model, select=None, threshold=None, min_snr=None, veto=None):
+  """The rule the scan applies: the bundle's own, with the flags' changes, or --select."""
+  from astrotl import rules
+  if select:
+    rule = rules.parse(select, list(model.columns()) + ["snr"], model.classes)
+  else:
+    rule = dict(model.rule) if model.rule else None
+  if rule is None:
+    if threshold is not None or min_snr or veto:
+      raise rules.RuleError(f"model {model.name} has no candidate rule to adjust; give one "
+                            "with --select (e.g. --select='A>=0.9')")
+    return None
+  if threshold is not None:
+    if rule["type"] == "range":
+      raise rules.RuleError("--threshold applies to a probability rule; give a range with --select")
+    rule["threshold"] = float(threshold)
+  if min_snr is not None:
+    rule["min_snr"] = float(min_snr)
+  if veto is not None:
+    rule["veto"] = [v for v in veto if v]
+  return rule
+
+
+def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, select=None,
+         threshold=None, min_snr=None, veto=None, known=None, known_ra_column=None,
+         known_dec_column=None, radius=3.0, path_column=None, allow_outside_root=False,
+         max_missing=0.5, batch_size=256, chunk_size=0, workers=None, time_limit=60.0,
+         mode="auto", top=12, explain=False, progress=True, log=print):
+  """Scans spectra into `out` and returns the summary dict (None on processes other than 0).
+
+  Re-running the same call continues where a killed or interrupted run stopped.  Bad
+  arguments raise InputError, OutputError, BundleError or RuleError before any file is
+  decoded.  On SIGINT/SIGTERM (raised as Interrupted by the command line, or
+  KeyboardInterrupt) every finished chunk is kept and Interrupted is raised with
+  `.saved` = the number of inputs saved so far.
+  """
+  t_start = time.time()
+  _check_ranges(threshold=threshold, radius=radius, batch_size=batch_size,
+                chunk_size=chunk_size, workers=workers, time_limit=time_limit, top=top,
+                min_snr=min_snr, max_missing=max_missing)
+  found, known_cat, m, rule = prepare(spectra, catalog, root, path_column, allow_outside_root,
+                                      known, known_ra_column, known_dec_column, radius, model,
+                                      select, threshold, min_snr, veto)
+  import jax
+  from astrotl import parallel
+  from astrotl.scan import chunks, merge as scan_merge, runner, workers as w
+  paths = found.paths
+  chunk_size = chunk_size or chunks.auto_chunk_size(len(paths))
+  n_proc, me = jax.process_count(), jax.process_index()
+  main = me == 0
+  store = chunks.Store(out, len(paths), chunk_size)
+  # The decoders start first: their start-up overlaps the model's compilation.
+  pool = w.DecodePool(os.cpu_count() if workers is None else workers, time_limit)
+  try:
+    run = runner.Runner(m, parallel.make_mesh(jax.local_devices()), batch_size, mode)
+    store.open({"inputs_sha256": chunks.inputs_digest(paths), "n_inputs": len(paths),
+                "chunk_size": chunk_size, "model": m.identity(), "model_source": m.source,
+                "cascade": list(m.rule["classes"]) if run.mode == "cascade" else None}, main)
+    already = store.n_done_inputs()
+    todo = [i for i in range(store.n_chunks) if i % n_proc == me and not store.done(i)]
+    n_todo = sum(b - a for a, b in map(store.span, todo))
+    if main and already:
+      log(f"astrotl.scan: resuming in {out}: {already} of {len(paths)} inputs already done")
+    t0 = time.time()
+    if todo:
+      run.warm_up()
+      _scan_chunks(run, pool, store, todo, found, me, progress and main, n_todo)
+    seconds = time.time() - t0
+  except BaseException:
+    store.close()
+    raise
+  finally:
+    pool.close()
+  if n_proc > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("astrotl.scan: all chunks written")
+  if not main:
+    store.close()
+    return None
+  try:
+    stats = {"files_this_run": n_todo, "seconds": seconds,
+             "spectra_per_second": n_todo / seconds if n_todo and seconds > 0 else None,
+             "n_already_done": already, "mode": run.mode,
+             "host_wait_decode_s": run.wait_decode, "host_wait_device_s": run.wait_device,
+             "decoders_replaced": pool.replaced}
+    summary = scan_merge.merge(store, m, rule, known_cat, top, stats, found, explain)
+  finally:
+    store.close()
+  summary["wall_seconds"] = time.time() - t_start
+  summary["too_many_missing"] = bool(found.missing > max_missing * len(paths))
+  return summary
+
+
+def prepare(spectra, catalog, root, path_column, allow_outside_root, known, known_ra_column,
+            known_dec_column, radius, model, select, threshold, min_snr, veto):
+  """Every input checked before any work: (inputs, known catalog, model, candidate rule)."""
+  from astrotl import bundle
+  from astrotl.scan import inputs as scan_inputs
+  if spectra and catalog:
+    raise InputError("give --spectra or --catalog, not both")
+  if catalog:
+    found = scan_inputs.from_catalog(catalog, root, path_column, allow_outside_root)
+    if not found.paths:
+      raise InputError(f"--catalog={catalog}: no row can be scanned ({len(found.refused)} "
+                       f"refused, {len(found.duplicates)} duplicates)")
+    if found.missing == len(found.paths):
+      raise InputError(f"--catalog={catalog}: none of its {found.missing} files exist under "
+                       f"{root or os.path.dirname(os.path.abspath(catalog))} (looked for each "
+                       "listed path, its .fits/.fits.gz twin, and its name anywhere below); "
+                       "check --root")
+  else:
+    if not spectra:
+      from astrotl import data
+      spectra = str(data.sample_dir("spectra"))
+    found = scan_inputs.from_spectra(spectra)
+  known_cat = (scan_inputs.load_known(known, known_ra_column, known_dec_column, radius)
+               if known else None)
+  m = bundle.load_model(model)
+  if m.input.get("type", "spectrum") != "spectrum":
+    raise bundle.BundleError(f"{m.source}: a {m.input.get('type')} model; the scan runs "
+                             "spectrum models (for light curves use "
+                             "python -m astrotl.classify_lightcurves)")
+  return found, known_cat, m, candidate_rule(m, select, threshold, min_snr, veto)
+
+
+def _scan_chunks(run, pool, store, todo, found, process, progress, n_todo):
+  """Decodes (ahead, in the pool), runs and saves (in the writer) every chunk of `todo`."""
+  from astrotl.scan import runner
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(total=n_todo, unit="spec", dynamic_ncols=True, smoothing=0.1, desc="saved")
+  writer = runner.Writer(store, process, lambda i, n: bar.update(n) if bar else None)
+  tasks = runner.chunk_tasks(store, todo, found.paths)
+  ahead = 4 * max(pool.n, 1)  # tasks queued beyond the one being consumed
+
+  def results(i):
+    while True:
+      while len(pool) < ahead and (nxt := next(tasks, None)) is not None:
+        pool.submit(*nxt)
+      if not len(pool) or pool.peek() != i:
+        return
+      key, paths, result = pool.next()
+      yield paths, result
+
+  try:
+    for i in todo:
+      table, errors = run.scan_chunk(results(i), store.span(i)[0], found)
+      writer.put(i, table, errors)
+  except (Interrupted, KeyboardInterrupt) as e:
+    pool.close()  # at once: decoding more is pointless
+    writer.close(timeout=1.5)
+    e.saved = store.n_done_inputs()
+    raise
+  finally:
+    writer.close()
+    if bar is not None:
+      bar.close()
+
+
+def _check_ranges(**values):
+  checks = {
+      "threshold": lambda v: v is None or 0.0 <= v <= 1.0,
+      "radius": lambda v: v > 0,
+      "batch_size": lambda v: v >= 1,
+      "chunk_size": lambda v: v >= 0,
+      "workers": lambda v: v is None or v >= 0,
+      "time_limit": lambda v: v > 0,
+      "top": lambda v: v >= 0,
+      "min_snr": lambda v: v is None or v >= 0,
+      "max_missing": lambda v: 0.0 <= v <= 1.0,
+  }
+  wanted = {"threshold": "in [0, 1]", "radius": "> 0 (arcsec)", "batch_size": ">= 1",
+            "chunk_size": ">= 0 (0 = automatic)", "workers": ">= 0 (0 = decode in this process)",
+            "time_limit": "> 0 (seconds)", "top": ">= 0", "min_snr": ">= 0",
+            "max_missing": "in [0, 1]"}
+  for name, value in values.items():
+    if not checks[name](value):
+      raise InputError(f"--{name}={value}: must be {wanted[name]}")

@@ -1,0 +1,121 @@
+"""The command line of the scan (see astrotl.scan).
+
+Exit codes: 0 done; 1 done, but more than --max_missing of the catalog's files were not
+found; 2 a usage error (one line, no traceback; nothing was scanned); 130 / 143
+interrupted by SIGINT / SIGTERM (every finished chunk is kept: re-run the same command).
+"""
+
+import signal
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  f = flags
+  f.DEFINE_string("spectra", None, "Folders (searched recursively), files or globs of spectrum "
+                  "files, comma-separated.  Default: the spectra bundled with astrotl.")
+  f.DEFINE_string("catalog", None, "Catalog CSV/FITS listing the files (a path column, or "
+                  "LAMOST obsdate/planid/lmjd/spid/fiberid).")
+  f.DEFINE_string("root", None, "Folder the catalog's paths are relative to (default: the "
+                  "catalog's folder).")
+  f.DEFINE_string("path_column", None, "Catalog column holding file paths.")
+  f.DEFINE_bool("allow_outside_root", False, "Scan catalog paths that lead outside --root.")
+  f.DEFINE_float("max_missing", 0.5, "Exit with code 1 if more than this fraction of the "
+                 "catalog's files are missing.")
+  f.DEFINE_string("model", None, "Model bundle (.npz), a bundled model name (wd_two_stage, "
+                  "wd_stage1), or 'torch:7_cnn_model.pt,2_cnn_model.pt' for Tan et al.'s "
+                  "PyTorch weights.  Default: wd_two_stage.")
+  f.DEFINE_string("select", None, "Candidate rule instead of the model's own: CLASS>=P "
+                  "(e.g. WD>=0.9, A>=0.5) or LO<=COLUMN<=HI (e.g. 20<=subtype<=29).")
+  f.DEFINE_float("threshold", None, "Probability threshold of the model's own rule (default: "
+                 "the bundle's, 0.5 for the white-dwarf model).")
+  f.DEFINE_float("min_snr", None, "Candidates need at least this S/N (default: the bundle's).")
+  f.DEFINE_list("veto", None, "Survey classes that are never candidates, e.g. QSO,GALAXY "
+                "(default: the bundle's).")
+  f.DEFINE_string("known", None, "Catalog (CSV/FITS) of known objects with RA/Dec to match.")
+  f.DEFINE_string("known_ra_column", None, "RA column of --known.")
+  f.DEFINE_string("known_dec_column", None, "Dec column of --known.")
+  f.DEFINE_float("radius", 3.0, "Cross-match radius in arcsec.")
+  f.DEFINE_string("out", "astrotl-scan", "Output folder.")
+  f.DEFINE_integer("batch_size", 256, "Spectra per device step (over the local devices).")
+  f.DEFINE_integer("chunk_size", 0, "Spectra per saved chunk (0: about 1/20 of the inputs, "
+                   "64-4096).")
+  f.DEFINE_integer("workers", None, "Decoding processes (default: CPU count; 0 decodes in "
+                   "this process).")
+  f.DEFINE_float("time_limit", 60.0, "Seconds one file may take to decode before its worker "
+                 "is replaced and the file recorded as an error.")
+  f.DEFINE_enum("mode", "auto", ["auto", "shared", "cascade", "plain"], "How a two-stage "
+                "model runs (see astrotl.scan.runner).")
+  f.DEFINE_integer("top", 12, "Spectra plotted in the report.")
+  f.DEFINE_bool("explain", False, "Class-activation-map plots of the top candidates.")
+  f.DEFINE_bool("distributed", False, "Join jax.distributed first (SLURM, Cloud TPU, "
+                "launch/local.sh).")
+  f.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def _fail(message, code=2):
+  print(f"astrotl.scan: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def main(argv):
+  from astrotl import bundle, parallel, rules, scan
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # no backend chatter unless asked for
+
+  def interrupt(signum, frame):
+    raise scan.Interrupted(signum)
+
+  signal.signal(signal.SIGINT, interrupt)
+  signal.signal(signal.SIGTERM, interrupt)
+  parallel.initialize(FLAGS.distributed)
+  F = FLAGS
+  try:
+    summary = scan.scan(
+        spectra=F.spectra, catalog=F.catalog, root=F.root, out=F.out, model=F.model,
+        select=F.select, threshold=F.threshold, min_snr=F.min_snr, veto=F.veto, known=F.known,
+        known_ra_column=F.known_ra_column, known_dec_column=F.known_dec_column,
+        radius=F.radius, path_column=F.path_column, allow_outside_root=F.allow_outside_root,
+        max_missing=F.max_missing, batch_size=F.batch_size, chunk_size=F.chunk_size,
+        workers=F.workers, time_limit=F.time_limit, mode=F.mode, top=F.top,
+        explain=F.explain, progress=F.progress)
+  except (scan.InputError, scan.OutputError, bundle.BundleError, rules.RuleError,
+          FileNotFoundError) as e:
+    _fail(str(e))
+  except (scan.Interrupted, KeyboardInterrupt) as e:
+    signum = getattr(e, "signum", signal.SIGINT)
+    saved = getattr(e, "saved", None)
+    what = f"{saved} inputs are saved in {F.out}" if saved is not None else "nothing was lost"
+    _fail(f"interrupted ({signal.Signals(signum).name}): {what}; re-run the same command to "
+          "resume", 128 + signum)
+  if summary is None:  # not process 0
+    return
+  rate = summary.get("spectra_per_second")
+  known = f" ({summary['n_known']} known)" if summary.get("known_catalog") else ""
+  print(f"astrotl.scan: {summary['n_scanned']} spectra scanned, {summary['n_errors']} "
+        f"unreadable, {summary['n_candidates']} candidates{known}; this run "
+        f"{summary['files_this_run']} inputs in {summary['seconds']:.1f} s"
+        + (f" ({rate:.0f} spectra/s)" if rate else "") + f" -> {F.out}")
+  if summary["too_many_missing"]:
+    _fail(f"WARNING: {summary['n_missing_files']} of {summary['n_inputs']} catalog files were "
+          f"not found (more than --max_missing={F.max_missing}); they are listed in "
+          f"{F.out}/errors.csv. Check --root.", 1)
+
+
+def run():
+  define_flags()
+  if {"--help", "-h", "-?", "--helpshort"} & set(sys.argv[1:]):
+    import astrotl.scan
+    print(astrotl.scan.__doc__.split("Data flows")[0].rstrip() + "\n\n" + __doc__ + "\nFlags:")
+    print(FLAGS.main_module_help())
+    sys.exit(0)  # absl exits 1 after --help
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

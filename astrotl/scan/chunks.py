@@ -1,0 +1,171 @@
+"""The output folder of a scan: its lock, its manifest, and the journaled chunks.
+
+The inputs are cut into chunks.  A finished chunk's errors and then its rows are written
+to `chunks/` with atomic renames; the rows file appearing marks the chunk done, and a
+line in `journal.jsonl` records it.  So a killed scan resumes where it stopped and never
+writes a row twice or loses one.  `scan.json` (the manifest) pins the inputs, chunking and
+model, so a re-run into the same folder with other inputs is refused instead of mixed in.
+A lock file keeps a second scan out of a folder that one is writing.
+"""
+
+import csv
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import socket
+import time
+
+
+class OutputError(RuntimeError):
+  """A problem with the output folder; the message says what to do."""
+
+
+def write_atomic(path: pathlib.Path, write):
+  """Calls write(tmp) then renames tmp onto `path`, so `path` is never half-written."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
+def auto_chunk_size(n_inputs: int) -> int:
+  """About 1/20 of the inputs (so an interrupt keeps most work), in [64, 4096]."""
+  return int(min(4096, max(64, -(-n_inputs // 20))))
+
+
+def inputs_digest(paths) -> str:
+  h = hashlib.sha256()
+  for p in paths:
+    h.update(p.encode("utf-8", "surrogateescape"))
+    h.update(b"\n")
+  return h.hexdigest()
+
+
+class Store:
+  """`out`: the scan's folder.  Chunk i covers inputs [i * chunk_size, (i+1) * chunk_size)."""
+
+  def __init__(self, out, n_inputs: int, chunk_size: int):
+    self.out = pathlib.Path(out)
+    self.chunks = self.out / "chunks"
+    self.n_inputs = n_inputs
+    self.chunk_size = chunk_size
+    self.n_chunks = -(-n_inputs // chunk_size)
+    self._lock = None
+
+  # --- the folder ------------------------------------------------------------------------
+
+  def open(self, manifest: dict, main: bool = True):
+    """Creates the folder, takes the lock (process 0), cleans stale temporary files and
+    checks or writes the manifest.  Raises OutputError with what to do."""
+    try:
+      self.chunks.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise OutputError(f"--out={self.out}: cannot create the output folder "
+                        f"({e.strerror or e}); choose a writable folder") from None
+    if not os.access(self.out, os.W_OK):
+      raise OutputError(f"--out={self.out}: the folder is not writable; choose another --out")
+    if main:
+      self._take_lock()
+      self._clean_tmp()
+    self._check_manifest(manifest, main)
+
+  def _take_lock(self):
+    path = self.out / ".lock"
+    f = open(path, "a+")
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      f.close()
+      raise OutputError(f"--out={self.out} is in use by another scan ({holder}); wait for it "
+                        "to finish or choose another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    self._lock = f
+
+  def _clean_tmp(self):
+    # Left by a kill or a full disk; this process holds the lock, so none is in use.
+    for folder in (self.out, self.chunks):
+      for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+  def _check_manifest(self, manifest, main):
+    path = self.out / "scan.json"
+    if path.exists():
+      try:
+        old = json.loads(path.read_text())
+      except (OSError, json.JSONDecodeError):
+        old = {}
+      for key in ("inputs_sha256", "n_inputs", "chunk_size", "model", "cascade"):
+        if old.get(key) != manifest.get(key):
+          done = len(list(self.chunks.glob("chunk_*.parquet")))
+          if not done:  # nothing to protect: start over
+            break
+          raise OutputError(
+              f"--out={self.out} holds a scan with a different {key} ({old.get(key)} vs "
+              f"{manifest.get(key)}) and {done} finished chunks; use another --out, or "
+              f"delete {self.out} to start over")
+        # all keys equal: resume
+      else:
+        return
+    if main:
+      write_atomic(path, lambda t: t.write_text(json.dumps(manifest, indent=1)))
+
+  def close(self):
+    if self._lock is not None:
+      fcntl.flock(self._lock, fcntl.LOCK_UN)
+      self._lock.close()
+      self._lock = None
+
+  # --- chunks ----------------------------------------------------------------------------
+
+  def name(self, i):
+    return f"chunk_{i:06d}"
+
+  def span(self, i):
+    return i * self.chunk_size, min((i + 1) * self.chunk_size, self.n_inputs)
+
+  def done(self, i) -> bool:
+    return (self.chunks / f"{self.name(i)}.parquet").exists()
+
+  def n_done_inputs(self) -> int:
+    """Inputs covered by finished chunks (each saved as a row or an error)."""
+    return sum(b - a for a, b in (self.span(i) for i in range(self.n_chunks) if self.done(i)))
+
+  def write(self, i, table, errors, process=0):
+    """Errors first, then the rows, whose atomic appearance marks the chunk done."""
+    import pyarrow.parquet as pq
+
+    def write_errors(tmp):
+      with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "reason"])
+        w.writerows(errors)
+
+    try:
+      write_atomic(self.chunks / f"{self.name(i)}.errors.csv", write_errors)
+      write_atomic(self.chunks / f"{self.name(i)}.parquet", lambda t: pq.write_table(table, t))
+      with open(self.out / "journal.jsonl", "a") as f:
+        f.write(json.dumps({"chunk": i, "rows": table.num_rows, "errors": len(errors),
+                            "process": process, "time": time.time()}) + "\n")
+    except OSError as e:
+      raise OutputError(f"--out={self.out}: cannot write chunk {i} ({e.strerror or e}); free "
+                        "space or fix permissions, then re-run the same command to resume "
+                        "(finished chunks are kept)") from None
+
+  def read(self, i):
+    """(arrow table, [(file, reason)]) of a finished chunk."""
+    import pyarrow.parquet as pq
+    with open(self.chunks / f"{self.name(i)}.errors.csv", newline="") as f:
+      errors = [tuple(r) for r in list(csv.reader(f))[1:]]
+    return pq.read_table(self.chunks / f"{self.name(i)}.parquet"), errors

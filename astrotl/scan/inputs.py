@@ -1,0 +1,196 @@
+"""What to scan: spectrum files from folders, globs or a catalog, resolved before any work.
+
+Folders are walked without following links, and every entry whose name ends in a spectrum
+suffix is an input, whatever it is (a folder named x.fits.gz, a dangling link): the reader
+then reports it, so every input ends in exactly one of predictions and errors.
+
+Catalog paths are resolved against --root (default: the catalog's folder): a listed
+`.fits` also matches `.fits.gz` on disk and the other way round, and when the archive
+layout YYYYMMDD/PLANID/ is absent a file is found by name anywhere under --root.  Paths
+that leave --root are refused unless allowed, and a file listed twice is scanned once.
+"""
+
+import dataclasses
+import glob
+import os
+import pathlib
+
+import numpy as np
+
+from astrotl.io import catalog as io_catalog
+
+SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz")
+# Catalog columns carried into the predictions (as cat_<name>) when present.
+CARRIED = ("obsid", "designation", "obsdate", "lmjd", "planid", "spid", "fiberid", "ra", "dec",
+           "ra_obs", "dec_obs", "class", "subclass", "z", "snru", "snrg", "snrr", "snri", "snrz",
+           "mag1", "mag2", "mag3", "mag4", "mag5", "mag6", "mag7", "magtype", "teff", "logg",
+           "feh", "rv")
+
+
+class InputError(ValueError):
+  """A problem with the inputs a user named; the message says what to do."""
+
+
+@dataclasses.dataclass
+class Inputs:
+  paths: list                       # files to scan, in order
+  source: str                       # what the user named, for messages
+  table: dict | None = None         # catalog columns (numpy), or None
+  rows: np.ndarray | None = None    # catalog row of each path
+  duplicates: list = dataclasses.field(default_factory=list)  # (row, first row, path)
+  refused: list = dataclasses.field(default_factory=list)     # (row, path, reason)
+  missing: int = 0                  # inputs with no file on disk
+
+  def catalog_rows(self, files, first) -> np.ndarray:
+    """Catalog rows of `files`, which are inputs from number `first` on, in order."""
+    rows, k = [], first
+    for f in files:
+      while self.paths[k] != f:
+        k += 1
+      rows.append(self.rows[k])
+      k += 1
+    return np.asarray(rows, np.int64)
+
+  def carried(self) -> list:
+    """Catalog columns to carry into the predictions."""
+    if self.table is None:
+      return []
+    return [c for c in CARRIED if c in self.table]
+
+
+def from_spectra(text: str) -> Inputs:
+  """Files named by comma-separated folders, files or globs, sorted and unique."""
+  found = []
+  for item in (s.strip() for s in text.split(",")):
+    if not item:
+      continue
+    p = pathlib.Path(item)
+    if p.is_dir():
+      found += _walk(p)
+    elif glob.has_magic(item):
+      matches = glob.glob(item, recursive=True)
+      if not matches:
+        raise InputError(f"--spectra={item}: the pattern matches nothing")
+      for m in matches:
+        found += _walk(pathlib.Path(m)) if os.path.isdir(m) and not os.path.islink(m) else [m]
+    elif os.path.lexists(item):
+      found.append(item)
+    else:
+      raise InputError(f"--spectra={item}: no such folder or file")
+  paths = sorted(set(found))
+  if not paths:
+    raise InputError(f"no input spectra found in {text} (looked for files named "
+                     f"{', '.join('*' + s for s in SUFFIXES)})")
+  return Inputs(paths, text)
+
+
+def _walk(folder: pathlib.Path) -> list:
+  out = []
+  for root, dirs, files in os.walk(folder):  # never follows links: no loops
+    for name in files + dirs:
+      if name.lower().endswith(SUFFIXES):
+        out.append(os.path.join(root, name))
+    dirs[:] = [d for d in dirs if not d.lower().endswith(SUFFIXES)]
+  return out
+
+
+def from_catalog(path, root=None, path_column=None, allow_outside_root=False) -> Inputs:
+  """Files listed by a catalog (see the module docstring)."""
+  if not os.path.isfile(path):
+    raise InputError(f"--catalog={path}: no such file")
+  try:
+    rel, table = io_catalog.catalog_paths(path, path_column)
+  except io_catalog.CatalogError as e:
+    raise InputError(str(e)) from None
+  if root is not None and not os.path.isdir(root):
+    raise InputError(f"--root={root}: no such folder")
+  base = os.path.abspath(root if root is not None else os.path.dirname(os.path.abspath(path)))
+  by_name = None
+  paths, rows, duplicates, refused, first = [], [], [], [], {}
+  missing = 0
+  for row, r in enumerate(rel):
+    full = r if os.path.isabs(r) else os.path.normpath(os.path.join(base, r))
+    if not allow_outside_root and (root is not None or not os.path.isabs(r)) and \
+        not _inside(full, base):
+      refused.append((row, full, f"outside {base}; pass --allow_outside_root to scan it"))
+      continue
+    found = _existing(full)
+    if found is None:
+      if by_name is None:
+        by_name = _names_under(base)
+      found = _by_name(by_name, full)
+    if found is None:
+      missing += 1
+      found = full
+    if found in first:
+      duplicates.append((row, first[found], found))
+      continue
+    first[found] = row
+    paths.append(found)
+    rows.append(row)
+  return Inputs(paths, str(path), table, np.asarray(rows, np.int64), duplicates, refused, missing)
+
+
+def _inside(path, base):
+  return os.path.commonpath([os.path.realpath(path), os.path.realpath(base)]) == \
+      os.path.realpath(base)
+
+
+def _existing(path):
+  """The path, or its .gz twin, if either exists."""
+  if os.path.lexists(path):
+    return path
+  twin = path[:-3] if path.endswith(".gz") else path + ".gz"
+  return twin if os.path.lexists(twin) else None
+
+
+def _names_under(base) -> dict:
+  """file name -> paths under `base`, for catalogs whose folder layout is absent."""
+  out = {}
+  for root, _, files in os.walk(base):
+    for name in files:
+      if name.lower().endswith(SUFFIXES):
+        out.setdefault(name, []).append(os.path.join(root, name))
+  return out
+
+
+def _by_name(index, path):
+  name = os.path.basename(path)
+  for n in (name, name[:-3] if name.endswith(".gz") else name + ".gz"):
+    hits = index.get(n, [])
+    if len(hits) == 1:
+      return hits[0]
+  return None
+
+
+
+ID_ALIASES = ("name", "id", "designation", "main_id", "object", "wd", "wdj_name", "source_id",
+              "obsid")
+
+
+@dataclasses.dataclass
+class Known:
+  """A catalog of known objects (e.g. white dwarfs) to cross-match candidates against."""
+  path: str
+  ids: list
+  matcher: object
+  radius: float
+
+  def match(self, ra, dec):
+    return self.matcher.match(ra, dec, self.radius)
+
+
+def load_known(path, ra_column=None, dec_column=None, radius=3.0) -> Known:
+  """Reads and checks --known now, so a bad catalog fails before the scan, not after it."""
+  if not os.path.isfile(path):
+    raise InputError(f"--known={path}: no such file")
+  try:
+    table = io_catalog.read_table(path)
+    ra, dec = io_catalog.radec(table, path, ra_column, dec_column,
+                               flags=("--known_ra_column", "--known_dec_column"))
+  except io_catalog.CatalogError as e:
+    raise InputError(f"--known: {e}") from None
+  col = io_catalog.find_column(table, ID_ALIASES)
+  n = len(ra)
+  ids = [str(v).strip() for v in table[col]] if col else [f"row {i}" for i in range(n)]
+  return Known(str(path), ids, io_catalog.Matcher(ra, dec), float(radius))

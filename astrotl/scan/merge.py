@@ -1,0 +1,246 @@
+"""Joining finished chunks into the scan's outputs, streaming one chunk at a time.
+
+Outputs: predictions.parquet (every scanned spectrum, with `candidate` and the known-object
+match), candidates.fits and candidates.vot (the candidates, sorted by score), errors.csv
+(every input that could not be scanned, with the reason) and summary.json.  Memory holds
+one chunk, the candidates, the best rows for the report and one score per spectrum.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from astrotl import rules
+from astrotl.scan import tables
+from astrotl.scan.chunks import write_atomic
+
+
+def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, explain=False):
+  """Writes the outputs of a finished scan into `store.out`; returns the summary dict."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  out = store.out
+  missing = [i for i in range(store.n_chunks) if not store.done(i)]
+  if missing:
+    raise RuntimeError(f"{out}: chunks {missing[:10]} are not finished; re-run the same "
+                       "command to finish them")
+  score = rule["score"] if rule else None
+  lengths = _string_lengths(store)
+  writer, errors, scores, eligible, cands, best = None, [], [], [], [], None
+  classes = {}
+  class_col = "class1" if "class1" in model.columns() else (
+      "pred_class" if "pred_class" in model.columns() else None)
+  tmp = out / f".predictions.parquet.{os.getpid()}.tmp"
+  try:
+    for i in range(store.n_chunks):
+      t, errs = store.read(i)
+      errors += errs
+      t = _add_columns(t, model, rule, known)
+      if writer is None:
+        writer = pq.ParquetWriter(tmp, _schema_with_meta(t.schema, model, inputs, known, lengths))
+      writer.write_table(t.cast(writer.schema))
+      if class_col:
+        for c, n in zip(*np.unique(t[class_col].to_numpy(zero_copy_only=False).astype(str),
+                                   return_counts=True)):
+          classes[c] = classes.get(c, 0) + int(n)
+      if rule:
+        cols = {c: _numpy(t[c]) for c in (score, rule.get("agree"), "snr", "survey_class")
+                if c and c in t.column_names}
+        s = cols[score].astype(np.float32)
+        ok = rules.admitted(rule, cols)
+        if rule["type"] == "two_stage":
+          ok &= np.isin(cols[rule["agree"]].astype(str), rule["classes"])
+        scores.append(s)
+        eligible.append(ok)
+        cands.append(t.filter(pa.array(np.asarray(t["candidate"]), pa.bool_())))
+        best = _best(best, t, score, top)
+    if writer is not None:
+      writer.close()
+      os.replace(tmp, out / "predictions.parquet")
+  finally:
+    tmp.unlink(missing_ok=True)
+  write_atomic(out / "errors.csv", lambda p: _write_csv(p, ["file", "reason"], errors))
+  cand = pa.concat_tables(cands) if cands else None
+  if cand is not None and cand.num_rows:
+    order = np.argsort(-np.nan_to_num(_numpy(cand[score]).astype(float), nan=-np.inf),
+                       kind="stable")
+    cand = cand.take(order)
+  n_cand = cand.num_rows if cand is not None else 0
+  write_candidates(out, cand, model, inputs, rule, known)
+  n_scanned = int(sum(len(s) for s in scores)) if rule else _rows(store)
+  summary = _summary(store, model, rule, known, inputs, run_stats, n_scanned, len(errors),
+                     n_cand, cand, classes)
+  write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+  from astrotl.scan import report
+  report.write(out, summary, model, rule,
+               np.concatenate(scores) if scores else np.zeros(0, np.float32),
+               np.concatenate(eligible) if eligible else np.zeros(0, bool), best, cand, explain)
+  return summary
+
+
+def _numpy(column):
+  v = column.to_numpy(zero_copy_only=False)
+  if v.dtype == object:
+    return np.array(["" if x is None else x for x in v])
+  return v
+
+
+def _rows(store):
+  import pyarrow.parquet as pq
+  return sum(pq.read_metadata(store.chunks / f"{store.name(i)}.parquet").num_rows
+             for i in range(store.n_chunks))
+
+
+def _add_columns(t, model, rule, known):
+  """`candidate` (the rule) and the --known match, computed at merge time so that a
+  re-run with another threshold or catalog needs no new network pass."""
+  import pyarrow as pa
+  if rule:
+    cols = {c: _numpy(t[c]) for c in t.column_names if c != "file"}
+    t = t.append_column("candidate", pa.array(rules.select(rule, cols), pa.bool_()))
+  if known is not None:
+    idx, sep = known.match(_numpy(t["ra"]).astype(float), _numpy(t["dec"]).astype(float))
+    hit = idx >= 0
+    t = t.append_column("known", pa.array(hit, pa.bool_()))
+    t = t.append_column("known_id", pa.array(
+        [known.ids[j] if j >= 0 else None for j in idx], pa.string()))
+    t = t.append_column("known_sep", pa.array(np.where(hit, sep, np.nan), from_pandas=True))
+  return t
+
+
+def column_info(model, inputs, known, names):
+  info = tables.schema(model, inputs.carried() if inputs is not None else ())
+  info.update(tables.MERGED)
+  return {n: info.get(n, ("", "", "")) for n in names}
+
+
+def _schema_with_meta(schema, model, inputs, known, lengths):
+  """The arrow schema plus astropy's table metadata (units, descriptions, string widths)."""
+  from astropy.table import Table, meta
+  info = column_info(model, inputs, known, schema.names)
+  t = Table()
+  for f in schema:
+    kind = f.type
+    dtype = "U1" if str(kind) == "string" else "bool" if str(kind) == "bool" else (
+        "i8" if str(kind) == "int64" else "f4" if str(kind) == "float" else "f8")
+    t[f.name] = np.zeros(0, dtype)
+    desc, unit, _ = info[f.name]
+    t[f.name].description = desc or None
+    t[f.name].unit = unit or None
+  md = {"table_meta_yaml": "\n".join(meta.get_yaml_from_table(t))}
+  md.update({f"table::len::{k}": str(max(v, 1)) for k, v in lengths.items()})
+  return schema.with_metadata({k.encode(): v.encode() for k, v in md.items()})
+
+
+def _string_lengths(store) -> dict:
+  """Longest value of each string column over all chunks (astropy needs the widths)."""
+  import pyarrow.compute as pc
+  import pyarrow.parquet as pq
+  out = {}
+  for i in range(store.n_chunks):
+    path = store.chunks / f"{store.name(i)}.parquet"
+    schema = pq.read_schema(path)
+    names = [f.name for f in schema if str(f.type) == "string"] + ["known_id"]
+    t = pq.read_table(path, columns=[n for n in names if n in schema.names])
+    for n in t.column_names:
+      m = pc.max(pc.utf8_length(t[n])).as_py()
+      out[n] = max(out.get(n, 1), m or 1)
+  out.setdefault("known_id", 32)
+  return out
+
+
+def _best(best, t, score, top):
+  """The `top` rows with the highest score, candidates first (for the report's plot)."""
+  import pyarrow as pa
+  both = t if best is None else pa.concat_tables([best, t.cast(best.schema)])
+  s = np.nan_to_num(_numpy(both[score]).astype(float), nan=-np.inf)
+  c = np.asarray(both["candidate"])
+  order = np.lexsort((-s, ~c))[:top]
+  return both.take(order)
+
+
+def write_candidates(out, cand, model, inputs, rule, known):
+  """candidates.fits (TTYPEn comments and TCOMMn for TOPCAT) and candidates.vot (UCDs)."""
+  from astropy.io import fits
+  from astropy.io.votable import from_table
+  t = to_astropy(cand, model, inputs, known) if cand is not None else _empty_table(model, inputs)
+  t.meta = {"RULE": rules.describe(rule)[:60] if rule else "none",
+            "MODEL": str(model.name)[:60],
+            "KNOWNCAT": os.path.basename(known.path)[:60] if known is not None else "none"}
+  if known is not None:
+    t.meta["RADIUS"] = known.radius
+  hdu = fits.table_to_hdu(t)
+  for i, name in enumerate(t.colnames, start=1):
+    desc = t[name].description or ""
+    if desc:
+      hdu.header.comments[f"TTYPE{i}"] = desc[:46]
+      hdu.header[f"TCOMM{i}"] = desc[:68]
+  write_atomic(out / "candidates.fits",
+               lambda p: fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(p, overwrite=True))
+  vot = from_table(t)
+  info = column_info(model, inputs, known, t.colnames)
+  for field in vot.get_first_table().fields:
+    ucd = info[field.name][2]
+    if ucd:
+      field.ucd = ucd
+  write_atomic(out / "candidates.vot", lambda p: vot.to_xml(str(p)))
+
+
+def to_astropy(arrow_table, model, inputs, known):
+  """An astropy Table with masked nulls, units and descriptions."""
+  from astropy.table import MaskedColumn, Table
+  info = column_info(model, inputs, known, arrow_table.column_names)
+  t = Table()
+  for name in arrow_table.column_names:
+    col = arrow_table[name]
+    null = np.asarray(col.is_null())
+    v = col.to_numpy(zero_copy_only=False)
+    if v.dtype == object:
+      v = np.array(["" if x is None else str(x) for x in v])
+    elif v.dtype.kind == "f" and str(col.type) == "int64":
+      v = np.nan_to_num(v).astype(np.int64)
+    desc, unit, _ = info[name]
+    t[name] = MaskedColumn(v, mask=null, description=desc or None, unit=unit or None)
+  return t
+
+
+def _empty_table(model, inputs):
+  import pyarrow as pa
+  names = list(tables.schema(model, inputs.carried() if inputs is not None else ()))
+  return to_astropy(pa.table({n: pa.array([], pa.float64()) for n in names}), model, inputs,
+                    None)
+
+
+def _write_csv(path, header, rows):
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    w.writerows(rows)
+
+
+def _summary(store, model, rule, known, inputs, run_stats, n_scanned, n_errors, n_cand, cand,
+             classes):
+  about = model.meta.get("about") or {}
+  summary = {
+      "n_inputs": store.n_inputs, "n_scanned": n_scanned, "n_errors": n_errors,
+      "n_candidates": n_cand,
+      "rule": rules.describe(rule), "rule_spec": rule,
+      "model": model.name, "model_source": model.source, "classes": model.classes,
+      "predicted_classes": dict(sorted(classes.items())),
+      "trained_on": about.get("training_data"),
+      "known_catalog": known.path if known is not None else None,
+      "radius_arcsec": known.radius if known is not None else None,
+      "n_known": int(np.sum(np.asarray(cand["known"]))) if known is not None and n_cand else 0,
+  }
+  if inputs is not None:
+    summary.update(source=inputs.source, n_duplicate_rows=len(inputs.duplicates),
+                   n_refused_rows=len(inputs.refused), n_missing_files=inputs.missing)
+  fp = about.get("false_positive_rate")
+  if fp and rule == model.rule:
+    summary["false_positive_rate"] = fp
+    summary["expected_false_candidates"] = {
+        k: float(fp[k]) * n_scanned for k in ("value", "low", "high") if k in fp}
+  summary.update(run_stats or {})
+  return summary

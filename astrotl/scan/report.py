@@ -1,0 +1,171 @@
+"""report.md and its plots: what was scanned, the rule that selected candidates, what the
+model was trained on and how often it is wrong, and the best-scoring spectra.
+
+The histogram and the spectra plot show the rule that selects candidates: the score it
+thresholds, split into the spectra the rule's other conditions let through (stage 1
+agrees, S/N, survey-class veto) and the rest.  Every file is written atomically.
+"""
+
+import os
+
+import numpy as np
+
+from astrotl import rules
+from astrotl.scan.chunks import write_atomic
+
+LINES = (3934, 4102, 4341, 4862, 6564)
+
+
+def _save(fig, path):
+  import matplotlib.pyplot as plt
+  write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+  plt.close(fig)
+
+
+def histogram(out, scores, eligible, rule, n_cand):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  finite = np.isfinite(scores)
+  prob = rule["type"] != "range"
+  bins = np.linspace(0, 1, 51) if prob else 50
+  labels = {"two_stage": f"{rule.get('agree')} in {{{', '.join(rule.get('classes', ()))}}}",
+            "class": "passes the rule's other conditions", "range": "passes the rule's other conditions"}
+  data = [scores[finite & eligible], scores[finite & ~eligible]]
+  ax.hist(data, bins=bins, stacked=True, color=["tab:orange", "lightgrey"],
+          label=[labels[rule["type"]], "the rest (never candidates)"])
+  if prob:
+    ax.axvline(rule["threshold"], color="crimson", ls="--",
+               label=f"threshold {rule['threshold']:g}: {n_cand} candidates")
+  else:
+    lo, hi = rule.get("min", -np.inf), rule.get("max", np.inf)
+    ax.axvspan(max(lo, np.nanmin(scores[finite], initial=lo)),
+               min(hi, np.nanmax(scores[finite], initial=hi)), color="crimson", alpha=0.15,
+               label=f"selected range: {n_cand} candidates")
+  skipped = int((~finite).sum())
+  ax.set_yscale("log")
+  ax.set_xlabel(rule["score"] + (f"  ({skipped} spectra not scored: null)" if skipped else ""))
+  ax.set_ylabel("spectra")
+  ax.set_title(f"candidate rule: {rules.describe(rule)}", fontsize=8)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, out / "score_histogram.png")
+
+
+def top_spectra(out, best, model, rule):
+  """The highest-scoring spectra (candidates first), so the plot is never empty."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from astrotl.preprocess import spectra
+  cols = {c: best[c].to_pylist() for c in best.column_names} if best is not None else {"file": []}
+  n = max(len(cols["file"]), 1)
+  x = {}
+  if cols["file"]:
+    try:  # one call: the inputs exactly as the network saw them
+      import warnings
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        names, arrays = model.network_inputs(cols["file"])
+      x = dict(zip(names, arrays))
+    except Exception:  # the report must not fail the scan
+      pass
+  wave = spectra.binned(spectra.wavelength_grid(), int(model.input.get("bin", 1)))
+  fig, axes = plt.subplots(n, 1, figsize=(8, 1.6 * n), sharex=True, squeeze=False)
+  for k, ax in enumerate(axes[:, 0]):
+    if k >= len(cols["file"]):
+      ax.text(0.5, 0.5, "no spectra", transform=ax.transAxes, ha="center")
+      continue
+    f = cols["file"][k]
+    if f in x:
+      ax.plot(wave[:len(x[f])], x[f], lw=0.6, color="k")
+    else:
+      ax.text(0.5, 0.5, "unreadable now", transform=ax.transAxes, ha="center", fontsize=7)
+    survey = "/".join(v for v in (cols.get("survey_class", [None])[k],
+                                  cols.get("survey_subclass", [None])[k]) if v) or "none"
+    label = "candidate" if cols.get("candidate", [False])[k] else "not a candidate"
+    cls = cols.get("class1", cols.get("pred_class", [None] * n))[k]
+    ax.set_title(f"{os.path.basename(f)}  {rule['score']}={_fmt(cols[rule['score']][k])}  "
+                 f"model class={cls}  survey class={survey}  [{label}]", fontsize=7, loc="left")
+    for line in LINES:
+      ax.axvline(line, color="tab:red", lw=0.4, alpha=0.5)
+  axes[-1, 0].set_xlabel("wavelength [A]")
+  fig.tight_layout()
+  _save(fig, out / "top_candidates.png")
+
+
+def _fmt(v):
+  return "null" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def write(out, summary, model, rule, scores, eligible, best, cand, explain=False):
+  lines = [f"# astrotl scan: {summary['model']}", ""]
+  lines.append(f"- inputs: {summary['n_inputs']}; scanned: {summary['n_scanned']}; unreadable: "
+               f"{summary['n_errors']} (listed with the reason in errors.csv)")
+  extra = [f"{summary[k]} {what}" for k, what in (
+      ("n_duplicate_rows", "duplicate catalog rows (scanned once)"),
+      ("n_refused_rows", "catalog rows outside --root (refused)"),
+      ("n_missing_files", "listed files not found")) if summary.get(k)]
+  if extra:
+    lines.append(f"- catalog: {'; '.join(extra)}")
+  if rule:
+    lines.append(f"- candidates ({rules.describe(rule)}): **{summary['n_candidates']}**")
+  else:
+    lines.append("- candidates: none selected (the model has no candidate rule; use --select)")
+  if summary.get("known_catalog"):
+    lines.append(f"- known: {summary['n_known']} of the candidates lie within "
+                 f"{summary['radius_arcsec']:g}\" of an object in "
+                 f"{os.path.basename(summary['known_catalog'])}")
+  else:
+    lines.append("- known objects: not checked (no --known catalog given)")
+  lines += ["", "## The model", "", f"- {summary['model']} ({model.source})"]
+  if summary.get("trained_on"):
+    lines.append(f"- trained on: {summary['trained_on']}")
+  fp = summary.get("false_positive_rate")
+  if fp:
+    lines.append(f"- measured false-positive rate of this rule: {fp['value']:.2%} "
+                 f"(95% interval {fp.get('low', np.nan):.2%}-{fp.get('high', np.nan):.2%}; "
+                 f"{fp.get('description', '')})")
+    e = summary["expected_false_candidates"]
+    lines.append(f"- expected false candidates in a scan of {summary['n_scanned']} spectra: "
+                 f"**{e['value']:.0f}** (95% interval {e.get('low', np.nan):.0f}-"
+                 f"{e.get('high', np.nan):.0f}), against {summary['n_candidates']} found")
+  elif rule:
+    lines.append("- no measured false-positive rate is recorded in this model bundle for this "
+                 "rule; treat candidates as unverified")
+  lines += ["", "## This run", ""]
+  done = summary.get("n_already_done", 0)
+  if done:
+    lines.append(f"- resumed: {done} inputs were already done by an earlier run")
+  if summary.get("files_this_run"):
+    lines.append(f"- scanned {summary['files_this_run']} inputs in {summary['seconds']:.1f} s "
+                 f"({summary['spectra_per_second']:.1f} spectra/s)")
+  else:
+    lines.append("- nothing left to scan: outputs merged from finished chunks")
+  if summary.get("predicted_classes"):
+    lines += ["", "Predicted classes:", ""]
+    lines += [f"- {n}: {c}" for n, c in summary["predicted_classes"].items()]
+  if rule:
+    histogram(out, scores, eligible, rule, summary["n_candidates"])
+    top_spectra(out, best, model, rule)
+    lines += ["", "![scores and the candidate rule](score_histogram.png)", "",
+              "![highest-scoring spectra](top_candidates.png)"]
+  if explain and cand is not None and cand.num_rows:
+    lines += ["", _explain(out, cand, model)]
+  write_atomic(out / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))
+
+
+def _explain(out, cand, model, top=12):
+  from astrotl import explain
+  from astrotl.preprocess import spectra
+  files = cand["file"].to_pylist()[:top]
+  net = list(model.networks.values())[-1]
+  target = net.classes.index(net.meta.get("positive", net.classes[-1])) if net.classes else None
+  names, x = model.network_inputs(files)
+  cams = model.explain(files, target=target, network=net.name)
+  wave = spectra.binned(spectra.wavelength_grid(), int(model.input.get("bin", 1)))[:x.shape[1]]
+  (out / "cam").mkdir(exist_ok=True)
+  for name, flux, c in zip(names, x, cams):
+    explain.plot_cam(wave, flux, c, out / "cam" / f"{os.path.basename(name)}.png")
+  return f"Class-activation maps of the top {len(names)} candidates: cam/"

@@ -1,0 +1,234 @@
+"""The scanning loop: decoded files -> device batches -> chunk tables, overlapped.
+
+Worker processes decode files ahead of the device (tasks are submitted across chunk
+boundaries); the device computes one padded batch while the host gathers the next (jax
+dispatch is asynchronous); a writer thread saves finished chunks.  So the rate approaches
+min(decode rate, network rate) rather than their harmonic sum.  The loop measures the
+time the host spends waiting for decoders and for the device.
+
+How a two-stage model runs (`mode`):
+  shared   both networks share a frozen conv trunk: it runs once and both heads on it;
+  cascade  stage 2 runs only on spectra whose stage-1 class can still make them
+           candidates; the others get null stage-2 columns;
+  plain    every network on every spectrum;
+  auto     shared if the bundle's networks share their trunk, else cascade if the
+           candidate rule needs stage 1 to agree, else plain.
+"""
+
+import queue
+import threading
+import time
+
+import numpy as np
+
+from astrotl import parallel, rules
+from astrotl.scan import tables, workers
+
+
+class Runner:
+  """Scans chunks of inputs with one model on the local devices."""
+
+  def __init__(self, model, mesh, batch_size=256, mode="auto", embed=False):
+    self.model = model
+    self.mesh = mesh
+    n_dev = mesh.devices.size
+    self.batch_size = max(n_dev, batch_size // n_dev * n_dev)
+    self.embed = embed
+    self.mode = resolve_mode(model, mode)
+    names = list(model.networks)
+    if self.mode == "cascade":
+      self.stages = [names[:1], names[1:]]
+    else:
+      self.stages = [names]
+    self.fns = [model.make_fn(mesh, networks=s, embed=embed and i == 0, share=self.mode == "shared")
+                for i, s in enumerate(self.stages)]
+    self.variables = [parallel.replicate(model.variables(s), mesh) for s in self.stages]
+    self.wait_decode = 0.0
+    self.wait_device = 0.0
+
+  def warm_up(self):
+    """Compiles the device functions now (while the decoders start)."""
+    import jax
+    from astrotl.io import batch as io_batch
+    raw, _ = parallel.pad_rows(io_batch.empty(), self.batch_size)
+    for fn, v in zip(self.fns, self.variables):
+      jax.block_until_ready(self._dispatch(fn, v, raw, 0)[0])
+
+  def _dispatch(self, fn, variables, raw, n):
+    arrays = parallel.shard_batch(raw, self.mesh, self.batch_size)
+    return fn(variables, arrays["u"], arrays["flux"], arrays["ivar"], arrays["mask"]), n
+
+  def _host(self, pending):
+    t = time.perf_counter()
+    out = {k: np.asarray(v)[:pending[1]] for k, v in pending[0].items()}
+    self.wait_device += time.perf_counter() - t
+    return out
+
+  def scan_chunk(self, results, first, inputs):
+    """Rows (arrow table) and errors [(file, reason)] of one chunk.
+
+    results: iterator of (task's paths, decode_many result) in input order, covering the
+    chunk's inputs, which start at input number `first`.
+    """
+    files, metas, errors = [], [], []
+    self._outs1, self._outs2, self._held, self._rows = [], [], None, 0
+    self._stage2 = _Batches(self.batch_size) if self.mode == "cascade" else None
+    stage1 = _Batches(self.batch_size)
+    for task_paths, (good, arrays, ms, errs) in _timed(results, self):
+      errors += [(p, r) for _, p, r in errs]
+      files += [task_paths[i] for i in good]
+      metas += ms
+      for raw, rows in stage1.add(arrays):
+        self._stage1(raw, len(rows))
+    for raw, rows in stage1.flush():
+      self._stage1(raw, len(rows))
+    outs = self._finish(len(files))
+    return tables.chunk_table(self.model, files, metas, outs, inputs, first), errors
+
+  def _stage1(self, raw, n):
+    pending = self._dispatch(self.fns[0], self.variables[0], raw, n)
+    if self._stage2 is None:
+      self._outs1.append(pending)
+      return
+    # Cascade: the previous batch is (nearly) done by now; its admitted rows go on.
+    self._admit()
+    self._held = (pending, raw, self._rows)
+    self._rows += n
+
+  def _admit(self):
+    if self._held is None:
+      return
+    pending, raw, start = self._held
+    got = self._host(pending)
+    self._outs1.append(got)
+    class1 = self.model.outputs_to_columns(got)["class1"]
+    admit = np.flatnonzero(rules.stage1_admits(self.model.rule, class1))
+    for raw2, rows in self._stage2.add({k: v[admit] for k, v in raw.items()}, start + admit):
+      self._outs2.append((self._dispatch(self.fns[1], self.variables[1], raw2, len(rows)), rows))
+    self._held = None
+
+  def _finish(self, n):
+    if self._stage2 is not None:
+      self._admit()
+      for raw, rows in self._stage2.flush():
+        self._outs2.append((self._dispatch(self.fns[1], self.variables[1], raw, len(rows)), rows))
+    parts = [o if isinstance(o, dict) else self._host(o) for o in self._outs1]
+    outs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    if self._stage2 is not None:
+      for name in self.stages[1]:
+        outs[name] = np.full((n, self.model.networks[name].width), np.nan, np.float32)
+      for pending, rows in self._outs2:
+        got = self._host((pending[0], len(rows)))
+        for name in self.stages[1]:
+          outs[name][rows] = got[name]
+    return outs
+
+
+def resolve_mode(model, mode):
+  if mode not in ("auto", "plain", "shared", "cascade"):
+    raise ValueError(f"mode={mode!r}: use auto, plain, shared or cascade")
+  two = model.kind == "two_stage" and len(model.networks) == 2
+  names = list(model.networks)
+  if mode == "auto":
+    if two and model.shared_trunk(*names):
+      return "shared"
+    return "cascade" if two else "plain"
+  if mode == "shared" and not (two and model.shared_trunk(*names)):
+    raise ValueError("mode=shared: the model's networks do not share a conv trunk")
+  if mode == "cascade" and not two:
+    raise ValueError("mode=cascade needs a two-stage model with a two-stage rule")
+  return mode
+
+
+class _Batches:
+  """Accumulates raw rows into full batches of `size` (padded at the end)."""
+
+  def __init__(self, size):
+    self.size = size
+    self.parts, self.rows, self.n = [], [], 0
+
+  def add(self, arrays, rows=None):
+    m = len(arrays["u"])
+    rows = np.arange(m) if rows is None else np.asarray(rows)
+    start = 0
+    while start < m:
+      take = min(self.size - self.n, m - start)
+      self.parts.append({k: v[start:start + take] for k, v in arrays.items()})
+      self.rows.append(rows[start:start + take])
+      self.n += take
+      start += take
+      if self.n == self.size:
+        yield self._emit()
+
+  def flush(self):
+    if self.n:
+      yield self._emit()
+
+  def _emit(self):
+    raw = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
+    raw, _ = parallel.pad_rows(raw, self.size)
+    rows = np.concatenate(self.rows)
+    self.parts, self.rows, self.n = [], [], 0
+    return raw, rows
+
+
+def _timed(results, runner):
+  it = iter(results)
+  while True:
+    t = time.perf_counter()
+    try:
+      item = next(it)
+    except StopIteration:
+      return
+    runner.wait_decode += time.perf_counter() - t
+    yield item
+
+
+class Writer:
+  """Saves finished chunks in a background thread; errors surface on the next call."""
+
+  def __init__(self, store, process, on_saved):
+    self.store, self.process, self.on_saved = store, process, on_saved
+    self._q = queue.Queue(maxsize=2)
+    self._error = None
+    self._thread = threading.Thread(target=self._loop, daemon=True, name="astrotl-writer")
+    self._thread.start()
+
+  def _loop(self):
+    while True:
+      item = self._q.get()
+      if item is None:
+        return
+      i, table, errors = item
+      try:
+        if self._error is None:
+          self.store.write(i, table, errors, self.process)
+          self.on_saved(i, table.num_rows + len(errors))
+      except BaseException as e:  # reported to the main thread
+        self._error = e
+
+  def put(self, i, table, errors):
+    self._raise()
+    self._q.put((i, table, errors))
+
+  def close(self, timeout=None):
+    """Waits (at most `timeout` s) for the queued chunks to be saved; a second call is a
+    no-op."""
+    if self._thread is None:
+      return
+    self._q.put(None)
+    self._thread.join(timeout)
+    self._thread = None
+    self._raise()
+
+  def _raise(self):
+    if self._error is not None:
+      raise self._error
+
+
+def chunk_tasks(store, chunk_ids, paths):
+  """(chunk, files) decode tasks of the chunks, in order."""
+  for i in chunk_ids:
+    a, b = store.span(i)
+    for s in range(a, b, workers.TASK):
+      yield i, paths[s:min(s + workers.TASK, b)]

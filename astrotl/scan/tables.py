@@ -1,0 +1,85 @@
+"""The scan's tables: one schema (names, units, descriptions, UCDs) for every output.
+
+Column names are unique ignoring case and valid identifiers (TOPCAT, STILTS and cfitsio
+look names up case-insensitively); missing values are nulls, never -1 or ''.  Parquet
+files carry astropy's table metadata, so `Table.read` gets units and descriptions; FITS
+files carry TUNITn, and the description in each TTYPEn comment and TCOMMn for TOPCAT;
+the VOTable adds UCDs.
+"""
+
+import numpy as np
+
+# name -> (description, unit, UCD)
+BASE = {
+    "file": ("spectrum file as scanned", "", "meta.file"),
+    "obsid": ("survey observation id (file header)", "", "meta.id;meta.main"),
+    "designation": ("survey designation (file header)", "", "meta.id"),
+    "ra": ("right ascension, J2000 (file header)", "deg", "pos.eq.ra;meta.main"),
+    "dec": ("declination, J2000 (file header)", "deg", "pos.eq.dec;meta.main"),
+    "snr_g": ("survey's g-band S/N (file header)", "", "stat.snr;em.opt.B"),
+    "survey_class": ("survey's own class (file header CLASS)", "", "src.class"),
+    "survey_subclass": ("survey's own subclass (file header SUBCLASS)", "", "src.spType"),
+    "snr": ("median flux*sqrt(ivar) over 4000-5500 A on the common grid", "", "stat.snr"),
+}
+MERGED = {
+    "candidate": ("selected by the candidate rule (see summary.json)", "", "meta.code"),
+    "known": ("within the match radius of an object of the --known catalog", "", "meta.code"),
+    "known_id": ("name or row of the nearest --known object within the radius", "",
+                 "meta.id.cross"),
+    "known_sep": ("separation from that --known object", "arcsec", "pos.angDistance"),
+}
+_META = {"obsid": "obsid", "designation": "designation", "ra": "ra", "dec": "dec",
+         "snr_g": "snr_g", "survey_class": "class", "survey_subclass": "subclass"}
+_INT = ("obsid",)
+_STR = ("file", "designation", "survey_class", "survey_subclass")
+
+
+def schema(model, carried=()) -> dict:
+  """{column: (description, unit, UCD)} of a chunk table, in order."""
+  out = {k: BASE[k] for k in ("file", "obsid", "designation", "ra", "dec", "snr_g",
+                              "survey_class", "survey_subclass")}
+  for c in carried:
+    unit = "deg" if c in ("ra", "dec", "ra_obs", "dec_obs") else ""
+    out[f"cat_{c}"] = (f"catalog column {c}", unit, "")
+  for name, (desc, unit) in model.columns().items():
+    ucd = "src.class" if name in ("class1", "pred_class") else (
+        "stat.probability" if name.startswith("p") else "")
+    out[name] = (desc, unit, ucd)
+  out["snr"] = BASE["snr"]
+  return out
+
+
+def _arrow(values, kind=None):
+  import pyarrow as pa
+  if kind == "str":
+    return pa.array([None if v is None or str(v) == "" else str(v) for v in values], pa.string())
+  if kind == "int":
+    return pa.array([None if v is None else int(v) for v in values], pa.int64())
+  arr = np.asarray(values)
+  if arr.dtype == object:
+    return pa.array([None if v is None else float(v) for v in values], pa.float64())
+  if arr.dtype.kind in "US":
+    return pa.array([None if str(v) == "" else str(v) for v in arr], pa.string())
+  if arr.dtype.kind == "f":
+    return pa.array(arr, from_pandas=True)  # NaN -> null
+  return pa.array(arr)
+
+
+def chunk_table(model, files, metas, outs, inputs=None, first=0):
+  """The arrow table of one chunk: file, header values, carried catalog columns and the
+  model's outputs (null where a cascade skipped a network)."""
+  import pyarrow as pa
+  cols = {"file": _arrow(files, "str")}
+  for name, key in _META.items():
+    vals = [m.get(key) for m in metas]
+    cols[name] = _arrow(vals, "int" if name in _INT else "str" if name in _STR else None)
+  if inputs is not None and inputs.carried():
+    rows = inputs.catalog_rows(files, first)
+    for c in inputs.carried():
+      cols[f"cat_{c}"] = _arrow(np.asarray(inputs.table[c])[rows])
+  out_cols = model.outputs_to_columns(outs) if files else {}
+  for name in list(model.columns()) + ["snr"]:
+    text = name in ("class1", "pred_class")
+    values = out_cols.get(name, np.zeros(0, str if text else np.float32))
+    cols[name] = _arrow(values, "str" if text else None)
+  return pa.table(cols)
