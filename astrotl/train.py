@@ -358,9 +358,9 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None,
   restored = ckpt.restore_latest(state)
   best = {"step": -1}
   if restored is not None:
-    start, state, record = restored
-    best = (record or {}).get("best", best)
-    logging.info("resumed from %s at step %d", ckpt.directory / str(start), start)
+    state = restored.state
+    best = restored.record.get("best", best)
+    logging.info("resumed from %s at step %d", ckpt.directory / str(restored.step), restored.step)
   best_variables = None
 
   step_fn = make_train_step(model, tx, mesh, config.loss, config.class_weights, frozen, augment)

@@ -1,6 +1,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -123,6 +124,68 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, caplog):
       f.write_bytes(b"garbage")
   with pytest.raises(checkpoint.CheckpointError, match=str(tmp_path / "checkpoints")):
     train.fit(_cfg(), tmp_path, _data())
+
+
+def _assert_same_result(got, want):
+  """Two FitResults agree bit for bit, except for wall-clock seconds."""
+  assert int(got.state.step) == int(want.state.step)
+  assert got.best == want.best
+  for name in ("state", "best_variables"):
+    a = getattr(got, name) if name != "state" else jax.tree.map(np.asarray, got.state.variables)
+    b = getattr(want, name) if name != "state" else jax.tree.map(np.asarray, want.state.variables)
+    assert surgery.names(a) == surgery.names(b)
+    for (path, x), y in zip(surgery.flatten(a).items(), surgery.flatten(b).values()):
+      np.testing.assert_array_equal(x, y, err_msg=f"{name} {path}")
+  untimed = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+  assert untimed(got.history) == untimed(want.history)
+
+
+def _flip_bytes(step_dir, n=64):
+  """Inverts `n` bytes in the middle of the step's largest data file, keeping its size."""
+  data = [f for f in step_dir.rglob("*") if f.is_file() and f.parent.name == "d"]
+  path = max(data, key=lambda f: f.stat().st_size)
+  b = bytearray(path.read_bytes())
+  mid = (len(b) - n) // 2
+  b[mid:mid + n] = bytes(x ^ 0xFF for x in b[mid:mid + n])
+  path.write_bytes(bytes(b))
+  return path
+
+
+def test_bit_flips_are_caught_and_the_previous_checkpoint_used(tmp_path, caplog):
+  full = train.fit(_cfg(), tmp_path / "full", _data())
+  train.fit(_cfg(num_steps=8), tmp_path / "part", _data())
+  damaged = _flip_bytes(tmp_path / "part" / "checkpoints" / "8")
+  with pytest.raises(checkpoint.CheckpointError, match=re.escape(str(damaged))):
+    checkpoint.load_variables(tmp_path / "part")
+  resumed = train.fit(_cfg(), tmp_path / "part", _data())
+  assert f"{damaged}: sha256 differs" in caplog.text
+  assert (tmp_path / "part" / "checkpoints" / "8.corrupt").is_dir()
+  assert [h["step"] for h in resumed.history if "loss" in h][4] == 5  # resumed from step 4
+  _assert_same_result(resumed, full)
+
+
+def test_checkpoint_without_checksums(tmp_path, caplog):
+  template = {"w": jnp.zeros(6)}
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  for step in (1, 2, 3):
+    ckpt.save(step, {"w": jnp.arange(6.0) + step}, {"n": step})
+  # killed after orbax committed step 3, before its checksums: unfinished, set aside
+  (tmp_path / "checkpoints" / "3" / "SHA256SUMS").unlink()
+  restored = ckpt.restore_latest(template)
+  assert restored.step == 2 and restored.record == {"n": 2}
+  assert (tmp_path / "checkpoints" / "3.corrupt").is_dir()
+  assert "SHA256SUMS: missing" in caplog.text
+  # written by an older astrotl (no checksums, no format in the record): restored, with a warning
+  step_dir = tmp_path / "checkpoints" / "2"
+  (step_dir / "SHA256SUMS").unlink()
+  (step_dir / "record" / "metadata").write_text(json.dumps({"n": 2}))
+  caplog.clear()
+  restored = ckpt.restore_latest(template)
+  assert restored.step == 2
+  np.testing.assert_array_equal(restored.state["w"], np.arange(6.0) + 2)
+  assert "older astrotl" in caplog.text
+  assert checkpoint.load_variables(step_dir) == {}
+  ckpt.close()
 
 
 def _write_npz(path):
