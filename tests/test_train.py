@@ -1,6 +1,7 @@
 import json
 import os
 import pathlib
+import pickle
 import re
 import shutil
 import signal
@@ -126,18 +127,22 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, caplog):
     train.fit(_cfg(), tmp_path, _data())
 
 
-def _assert_same_result(got, want):
-  """Two FitResults agree bit for bit, except for wall-clock seconds."""
-  assert int(got.state.step) == int(want.state.step)
-  assert got.best == want.best
-  for name in ("state", "best_variables"):
-    a = getattr(got, name) if name != "state" else jax.tree.map(np.asarray, got.state.variables)
-    b = getattr(want, name) if name != "state" else jax.tree.map(np.asarray, want.state.variables)
-    assert surgery.names(a) == surgery.names(b)
-    for (path, x), y in zip(surgery.flatten(a).items(), surgery.flatten(b).values()):
-      np.testing.assert_array_equal(x, y, err_msg=f"{name} {path}")
-  untimed = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
-  assert untimed(got.history) == untimed(want.history)
+def _summary(result) -> dict:
+  """What `fit` returned, wall-clock seconds aside, as numpy and JSON values."""
+  return {"step": int(result.state.step), "best": result.best,
+          "history": [{k: v for k, v in h.items() if k != "seconds"} for h in result.history],
+          "variables": surgery.flatten(jax.tree.map(np.asarray, result.state.variables)),
+          "best_variables": surgery.flatten(result.best_variables)}
+
+
+def _assert_same(got, want):
+  """Two summaries agree bit for bit."""
+  for key in ("step", "best", "history"):
+    assert got[key] == want[key], key
+  for key in ("variables", "best_variables"):
+    assert sorted(got[key]) == sorted(want[key]), key
+    for path, value in want[key].items():
+      np.testing.assert_array_equal(got[key][path], value, err_msg=f"{key} {path}")
 
 
 def _flip_bytes(step_dir, n=64):
@@ -161,7 +166,7 @@ def test_bit_flips_are_caught_and_the_previous_checkpoint_used(tmp_path, caplog)
   assert f"{damaged}: sha256 differs" in caplog.text
   assert (tmp_path / "part" / "checkpoints" / "8.corrupt").is_dir()
   assert [h["step"] for h in resumed.history if "loss" in h][4] == 5  # resumed from step 4
-  _assert_same_result(resumed, full)
+  _assert_same(_summary(resumed), _summary(full))
 
 
 def test_checkpoint_without_checksums(tmp_path, caplog):
@@ -186,6 +191,31 @@ def test_checkpoint_without_checksums(tmp_path, caplog):
   assert "older astrotl" in caplog.text
   assert checkpoint.load_variables(step_dir) == {}
   ckpt.close()
+
+
+def _early_stopping_cfg():
+  return _cfg(num_steps=200, eval_every=2, checkpoint_every=4, early_stopping_patience=3)
+
+
+def _checkpoint_before_stop(summary, cfg) -> int:
+  """The last checkpoint step before the early stop of a run.  It must come after the best
+  step, so that it holds a non-zero early-stopping count and best variables that are not
+  its own: what a resume used to lose."""
+  stop = summary["step"]
+  assert stop < cfg["num_steps"], "no early stop: the test would prove nothing"
+  last = (stop - 1) // cfg["checkpoint_every"] * cfg["checkpoint_every"]
+  assert summary["best"]["step"] < last, "no checkpoint between best and stop; change the config"
+  return last
+
+
+def test_resume_with_early_stopping_returns_what_an_uninterrupted_run_returns(tmp_path):
+  cfg = _early_stopping_cfg()
+  want = _summary(train.fit(cfg, tmp_path / "full", _data()))
+  last = _checkpoint_before_stop(want, cfg)
+  train.fit(dict(cfg, num_steps=last), tmp_path / "part", _data())  # as if killed after `last`
+  _assert_same(_summary(train.fit(cfg, tmp_path / "part", _data())), want)
+  # a stopped run stays stopped
+  _assert_same(_summary(train.fit(cfg, tmp_path / "part", _data())), want)
 
 
 def _write_npz(path):
@@ -237,6 +267,55 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
   assert set(run) == set(ref)
   for s in ref:
     assert run[s] == pytest.approx(ref[s], rel=1e-5), s
+
+
+def _fit_and_die(config_json, workdir, npz, out, die_at):
+  """Body of `_fit_in_subprocess`: fits, and SIGKILLs itself when checkpoint `die_at` is
+  due (after the metrics of the steps before it, before the checkpoint is written)."""
+  save = checkpoint.Checkpointer.save
+
+  def save_or_die(self, step, *args, **kwargs):
+    if step == die_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return save(self, step, *args, **kwargs)
+
+  checkpoint.Checkpointer.save = save_or_die
+  with np.load(npz) as z:
+    data = {s: {"x": z[f"x_{s}"], "y": z[f"y_{s}"]} for s in ("train", "validation")}
+  result = train.fit(json.loads(config_json), workdir, data)
+  with open(out, "wb") as f:
+    pickle.dump(_summary(result), f)
+
+
+def _fit_in_subprocess(tmp_path, cfg, workdir, die_at=-1):
+  """(return code, summary or None) of `fit` in a fresh process."""
+  out = tmp_path / "result.pkl"
+  out.unlink(missing_ok=True)
+  code = (f"import test_train; test_train._fit_and_die({json.dumps(cfg)!r}, {str(workdir)!r}, "
+          f"{str(tmp_path / 'd.npz')!r}, {str(out)!r}, {die_at})")
+  env = dict(_env(), PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=300)
+  if not out.exists():
+    return proc.returncode, None
+  with open(out, "rb") as f:
+    return proc.returncode, pickle.load(f)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_with_early_stopping_matches_uninterrupted_run(tmp_path):
+  _write_npz(tmp_path / "d.npz")
+  cfg = _early_stopping_cfg()
+  rc, want = _fit_in_subprocess(tmp_path, cfg, tmp_path / "ref")
+  assert rc == 0
+  last = _checkpoint_before_stop(want, cfg)
+  rc, _ = _fit_in_subprocess(tmp_path, cfg, tmp_path / "run", die_at=want["step"])
+  assert rc == -signal.SIGKILL
+  ck = tmp_path / "run" / "checkpoints"
+  assert max(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == last
+  rc, got = _fit_in_subprocess(tmp_path, cfg, tmp_path / "run")
+  assert rc == 0
+  _assert_same(got, want)
 
 
 @pytest.mark.slow
