@@ -2,9 +2,12 @@
 
 `fit(config, workdir, data)` trains a registry model on numpy arrays with an optax
 optimizer, writing `metrics.jsonl` and orbax checkpoints into `workdir`; re-running it
-with the same workdir resumes from the newest readable checkpoint and continues with
-exactly the batches an uninterrupted run would have seen (batch order is a pure
-function of seed and step).  Transfer learning is configuration (`config.transfer`):
+with the same workdir resumes from the newest checkpoint that passes its checksums and
+continues with exactly the batches an uninterrupted run would have seen (batch order is
+a pure function of seed and step).  Besides the train state, each checkpoint holds what
+else decides the run's future: the best metrics and variables, the early-stopping count
+and whether the run has stopped (see `astrotl.checkpoint`), so a resumed run returns
+bit for bit what an uninterrupted one does.  Transfer learning is configuration (`config.transfer`):
 init_from, skip, reinit, zero_init, freeze, n_blocks, lr_decay, from_scratch.
 """
 

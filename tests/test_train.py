@@ -169,6 +169,15 @@ def test_bit_flips_are_caught_and_the_previous_checkpoint_used(tmp_path, caplog)
   _assert_same(_summary(resumed), _summary(full))
 
 
+def _as_if_written_by_an_older_astrotl(step_dir):
+  """No SHA256SUMS, no `best` tree, and only `best` and `config` in the record."""
+  (step_dir / "SHA256SUMS").unlink()
+  shutil.rmtree(step_dir / "best", ignore_errors=True)
+  record = json.loads((step_dir / "record" / "metadata").read_text())
+  old = {k: v for k, v in record.items() if k in ("best", "config")}
+  (step_dir / "record" / "metadata").write_text(json.dumps(old))
+
+
 def test_checkpoint_without_checksums(tmp_path, caplog):
   template = {"w": jnp.zeros(6)}
   ckpt = checkpoint.Checkpointer(tmp_path)
@@ -182,15 +191,27 @@ def test_checkpoint_without_checksums(tmp_path, caplog):
   assert "SHA256SUMS: missing" in caplog.text
   # written by an older astrotl (no checksums, no format in the record): restored, with a warning
   step_dir = tmp_path / "checkpoints" / "2"
-  (step_dir / "SHA256SUMS").unlink()
-  (step_dir / "record" / "metadata").write_text(json.dumps({"n": 2}))
+  _as_if_written_by_an_older_astrotl(step_dir)
   caplog.clear()
   restored = ckpt.restore_latest(template)
-  assert restored.step == 2
+  assert restored.step == 2 and restored.record == {}
   np.testing.assert_array_equal(restored.state["w"], np.arange(6.0) + 2)
   assert "older astrotl" in caplog.text
   assert checkpoint.load_variables(step_dir) == {}
   ckpt.close()
+
+
+def test_fit_resumes_from_a_checkpoint_of_an_older_astrotl(tmp_path, caplog):
+  want = _summary(train.fit(_cfg(), tmp_path / "full", _data()))
+  train.fit(_cfg(num_steps=8), tmp_path / "old", _data())
+  _as_if_written_by_an_older_astrotl(tmp_path / "old" / "checkpoints" / "8")
+  got = _summary(train.fit(_cfg(), tmp_path / "old", _data()))
+  assert "no SHA256SUMS (written by an older astrotl)" in caplog.text
+  assert "early stopping counts again from 0" in caplog.text
+  assert not (tmp_path / "old" / "checkpoints" / "8.corrupt").exists()  # resumed from step 8
+  assert [h["step"] for h in got["history"] if "loss" in h] == list(range(1, 13))
+  for path, value in want["variables"].items():
+    np.testing.assert_array_equal(got["variables"][path], value, err_msg=path)
 
 
 def _early_stopping_cfg():
