@@ -7,8 +7,9 @@ continues with exactly the batches an uninterrupted run would have seen (batch o
 a pure function of seed and step).  Besides the train state, each checkpoint holds what
 else decides the run's future: the best metrics and variables, the early-stopping count
 and whether the run has stopped (see `astrotl.checkpoint`), so a resumed run returns
-bit for bit what an uninterrupted one does.  Transfer learning is configuration (`config.transfer`):
-init_from, skip, reinit, zero_init, freeze, n_blocks, lr_decay, from_scratch.
+bit for bit what an uninterrupted one does.  Transfer learning is configuration
+(`config.transfer`): init_from, skip, reinit, zero_init, freeze, n_blocks, lr_decay,
+from_scratch.
 """
 
 import dataclasses
