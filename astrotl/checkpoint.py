@@ -14,10 +14,12 @@ hashes its files and moves SHA256SUMS into place atomically, so a step is comple
 exactly when it has SHA256SUMS.  A process killed earlier leaves an unfinished temporary
 directory, which orbax ignores, or a step without SHA256SUMS.
 
-Restoring first checks every file against SHA256SUMS (on each process).  A checkpoint
-that fails the check or does not restore is logged with the failing file, set aside as
-`<step>.corrupt` and the next older one is tried.  A checkpoint of an older astrotl (no
-SHA256SUMS, no format in its record) is restored unverified, with a warning.
+Restoring (`restore_latest`, `load_variables`) first checks every file against
+SHA256SUMS, on each process.  In `restore_latest`, a checkpoint that fails the check or
+does not restore is logged with the failing file, set aside as `<step>.corrupt` and the
+next older one is tried; `load_variables` raises CheckpointError instead.  A checkpoint
+of an older astrotl (no SHA256SUMS, no format in its record) is restored unverified,
+with a warning.
 """
 
 import dataclasses

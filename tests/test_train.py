@@ -354,6 +354,9 @@ def test_two_processes_train_like_one(tmp_path):
   assert "process_id=1" in logs or "Connecting to JAX distributed service" in logs or True
   one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
   assert set(one) == set(two) == set(range(1, 7))
+  # process 0 hashed the step once both processes had written their files
+  assert checkpoint.verify(tmp_path / "two" / "checkpoints" / "6")
+  assert any((tmp_path / "two" / "checkpoints" / "6").rglob("ocdbt.process_1"))
   for s in one:
     assert two[s] == pytest.approx(one[s], rel=1e-4), s
 
