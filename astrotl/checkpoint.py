@@ -1,19 +1,42 @@
 """Checkpoints (the only module that imports orbax).
 
-A workdir holds `checkpoints/<step>/` written by an orbax CheckpointManager: the train
-state (params, batch_stats, opt_state, step, rng) plus a small JSON record.  Saves are
-synchronous, so a process killed with SIGKILL leaves at worst an unfinished temporary
-directory, which orbax ignores.  A checkpoint that fails to restore is reported by
-path and the next older one is tried.
+A workdir holds `checkpoints/<step>/`, written by an orbax CheckpointManager:
+
+    state/      the train state (params, batch_stats, opt_state, step, rng)
+    best/       another tree of arrays kept with the state, when given (`train.fit`: the
+                best variables so far, stored only while they are not the state's own)
+    record/     a small JSON record (`train.fit`: best metrics, early-stopping counter,
+                whether the run has stopped, config) and the checkpoint format
+    SHA256SUMS  sha256 of every other file of the step, as `sha256sum` writes them
+
+Saves are synchronous.  Once orbax has committed a step on every process, process 0
+hashes its files and moves SHA256SUMS into place atomically, so a step is complete
+exactly when it has SHA256SUMS.  A process killed earlier leaves an unfinished temporary
+directory, which orbax ignores, or a step without SHA256SUMS.
+
+Restoring (`restore_latest`, `load_variables`) first checks every file against
+SHA256SUMS, on each process.  In `restore_latest`, a checkpoint that fails the check or
+does not restore is logged with the failing file, set aside as `<step>.corrupt` and the
+next older one is tried; `load_variables` raises CheckpointError instead.  A checkpoint
+of an older astrotl (no SHA256SUMS, no format in its record) is restored unverified,
+with a warning.
 """
 
+import dataclasses
+import hashlib
 import json
 import logging
+import os
 import pathlib
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+_SUMS = "SHA256SUMS"
+_FORMAT_KEY = "astrotl_checkpoint_format"
+_FORMAT = 2  # 2: SHA256SUMS, optional `best` item.  1 (no key): neither.
 
 
 class CheckpointError(RuntimeError):
@@ -24,6 +47,18 @@ def _manager(directory, keep=None, read_only=False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
                                          create=not read_only, read_only=read_only)
   return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: Any
+  record: dict   # as saved ({} when none was)
+  best: Any      # the `best` tree, or None when the step has none or no template was given
 
 
 class Checkpointer:
@@ -37,24 +72,37 @@ class Checkpointer:
     self._mngr.reload()
     return sorted(self._mngr.all_steps())
 
-  def save(self, step: int, state, record: dict | None = None) -> None:
-    args = {"state": ocp.args.StandardSave(state)}
-    if record is not None:
-      args["record"] = ocp.args.JsonSave(record)
+  def save(self, step: int, state, record: dict | None = None, best=None) -> None:
+    """Writes step `step` and returns once it is complete, checksums included.
+
+    `best`: another tree of arrays to keep with the state (numpy leaves are written by
+    process 0), read back by `restore_latest(..., best_template)`.
+    """
+    args = {"state": ocp.args.StandardSave(state),
+            "record": ocp.args.JsonSave({**(record or {}), _FORMAT_KEY: _FORMAT})}
+    if best is not None:
+      args["best"] = ocp.args.StandardSave(best)
     self._mngr.save(step, args=ocp.args.Composite(**args), force=True)
     self._mngr.wait_until_finished()
+    # orbax has committed the step on every process: only now may its checksums appear.
+    if jax.process_index() == 0:
+      _write_sums(self.directory / str(step))
+    ocp.multihost.sync_global_processes("astrotl_checkpoint_sums")
 
-  def restore_latest(self, template):
-    """(step, state, record) of the newest restorable checkpoint, or None if there is none.
+  def restore_latest(self, template, best_template=None) -> Restored | None:
+    """The newest checkpoint that passes its checksums and restores, or None if there is none.
 
-    Corrupt or truncated checkpoints are logged with their path and skipped.
+    `template`, `best_template`: trees of arrays with the shapes, dtypes and shardings to
+    restore `state` and `best` to.  Damaged checkpoints are logged with the failing file
+    and set aside.
     """
     errors = []
     for step in reversed(self.steps()):
+      path = self.directory / str(step)
       try:
-        return (step,) + self._restore(step, template)
+        verify(path)
+        return self._restore(step, template, best_template)
       except Exception as e:  # orbax raises many types for damaged files
-        path = self.directory / str(step)
         logging.warning("checkpoint %s is unreadable (%s: %s); moved to %s.corrupt, trying an "
                         "older one", path, type(e).__name__, e, path)
         errors.append(f"{path}: {type(e).__name__}: {e}")
@@ -75,21 +123,96 @@ class Checkpointer:
       path.rename(target)
     self._mngr.reload()
 
-  def _restore(self, step, template):
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    out = self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
-    return out["state"], out.get("record")
+  def _restore(self, step, template, best_template):
+    args = {"state": ocp.args.StandardRestore(_abstract(template)),
+            "record": ocp.args.JsonRestore()}
+    if best_template is not None and (self.directory / str(step) / "best").is_dir():
+      args["best"] = ocp.args.StandardRestore(_abstract(best_template))
+    out = self._mngr.restore(step, args=ocp.args.Composite(**args))
+    record = dict(out.get("record") or {})
+    record.pop(_FORMAT_KEY, None)
+    return Restored(step, out["state"], record, out.get("best"))
 
   def close(self):
     self._mngr.close()
+
+
+def _sha256(path) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _files(step_dir) -> dict:
+  """{path relative to step_dir: path} of every file of a step but SHA256SUMS."""
+  files = {f.relative_to(step_dir).as_posix(): f for f in step_dir.rglob("*") if f.is_file()}
+  files.pop(_SUMS, None)
+  files.pop(_SUMS + ".tmp", None)
+  return files
+
+
+def _write_sums(step_dir) -> None:
+  text = "".join(f"{_sha256(f)}  {name}\n" for name, f in sorted(_files(step_dir).items()))
+  tmp = step_dir / (_SUMS + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  tmp.replace(step_dir / _SUMS)
+
+
+def _read_sums(path) -> dict:
+  sums = {}
+  for line in path.read_text().splitlines():
+    digest, sep, name = line.partition("  ")
+    if not sep or len(digest) != 64:
+      raise CheckpointError(f"{path}: malformed line {line!r}")
+    sums[name] = digest
+  return sums
+
+
+def _format(step_dir) -> int:
+  if not (step_dir / "record").is_dir():
+    return 1
+  try:
+    record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "record")
+  except Exception as e:
+    raise CheckpointError(f"{step_dir / 'record'}: unreadable ({type(e).__name__}: {e})") from e
+  return int((record or {}).get(_FORMAT_KEY, 1))
+
+
+def verify(step_dir) -> bool:
+  """Checks every file of a checkpoint step directory against its SHA256SUMS.
+
+  True when they all match; False, with a warning, for a checkpoint of an older astrotl,
+  which has no checksums.  Otherwise raises CheckpointError naming the first bad file.
+  """
+  step_dir = pathlib.Path(step_dir)
+  sums = step_dir / _SUMS
+  if not sums.exists():
+    if _format(step_dir) >= 2:
+      raise CheckpointError(f"{sums}: missing, so the save of this step never finished")
+    logging.warning("checkpoint %s has no %s (written by an older astrotl); restoring it "
+                    "unverified", step_dir, _SUMS)
+    return False
+  want, have = _read_sums(sums), _files(step_dir)
+  missing, unlisted = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+  if missing:
+    raise CheckpointError(f"{step_dir / missing[0]}: missing (listed in {sums})")
+  if unlisted:  # e.g. SHA256SUMS cut short
+    raise CheckpointError(f"{step_dir / unlisted[0]}: not listed in {sums}")
+  for name, digest in sorted(want.items()):
+    if _sha256(step_dir / name) != digest:
+      raise CheckpointError(f"{step_dir / name}: sha256 differs from {sums}; the file is damaged")
+  return True
 
 
 def load_variables(path) -> dict:
   """{'params': ..., 'batch_stats': ...} as numpy from a checkpoint, for `init_from`.
 
   `path` may be a workdir, its `checkpoints/` directory (newest step is used) or one
-  step directory.  No template is needed: the tree is read as saved.
+  step directory.  No template is needed: the tree is read as saved.  The files are
+  checked against the step's SHA256SUMS first; a mismatch raises CheckpointError naming
+  the file (no fallback to an older step: `init_from` names what it wants).
   """
   path = pathlib.Path(path).absolute()
   if (path / "checkpoints").is_dir():
@@ -104,6 +227,7 @@ def load_variables(path) -> dict:
     if not steps:
       raise CheckpointError(f"{path}: no checkpoint steps found")
     step_dir = path / str(steps[-1])
+  verify(step_dir)
   try:
     tree = ocp.StandardCheckpointer().restore(step_dir / "state")
   except Exception as e:

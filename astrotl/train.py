@@ -2,10 +2,14 @@
 
 `fit(config, workdir, data)` trains a registry model on numpy arrays with an optax
 optimizer, writing `metrics.jsonl` and orbax checkpoints into `workdir`; re-running it
-with the same workdir resumes from the newest readable checkpoint and continues with
-exactly the batches an uninterrupted run would have seen (batch order is a pure
-function of seed and step).  Transfer learning is configuration (`config.transfer`):
-init_from, skip, reinit, zero_init, freeze, n_blocks, lr_decay, from_scratch.
+with the same workdir resumes from the newest checkpoint that passes its checksums and
+continues with exactly the batches an uninterrupted run would have seen (batch order is
+a pure function of seed and step).  Besides the train state, each checkpoint holds what
+else decides the run's future: the best metrics and variables, the early-stopping count
+and whether the run has stopped (see `astrotl.checkpoint`), so a resumed run returns
+bit for bit what an uninterrupted one does.  Transfer learning is configuration
+(`config.transfer`): init_from, skip, reinit, zero_init, freeze, n_blocks, lr_decay,
+from_scratch.
 """
 
 import dataclasses
@@ -311,6 +315,55 @@ def _take(split, idx) -> dict:
 
 
 @dataclasses.dataclass
+class _Progress:
+  """What decides a run's future besides the train state; every checkpoint holds it."""
+  best: dict = dataclasses.field(default_factory=lambda: {"step": -1})  # metrics, step
+  best_variables: Any = None  # numpy variables at best['step'] (None: no best yet)
+  bad_evals: int = 0          # evaluations since the last improvement
+  stopped: bool = False       # early stopping has ended the run
+
+  def update(self, ev: dict, step: int, variables, config) -> None:
+    """Takes in the evaluation `ev` of `variables` at `step`."""
+    monitor = config.early_stopping_metric
+    sign = 1.0 if monitor.endswith("loss") or monitor.endswith("mae") else -1.0
+    if monitor in ev and (self.best["step"] < 0 or sign * ev[monitor] < sign * self.best[monitor]):
+      self.best = {"step": step, **ev}
+      self.best_variables = jax.tree.map(parallel.to_host, variables)
+      self.bad_evals = 0
+    else:
+      self.bad_evals += 1
+      patience = config.early_stopping_patience
+      self.stopped = bool(patience) and self.bad_evals >= patience
+
+
+def _save(ckpt, step, state, progress, config) -> None:
+  record = {"best": progress.best, "bad_evals": progress.bad_evals,
+            "stopped": progress.stopped, "config": config.to_json()}
+  # The best variables go in as a second tree only while they differ from the state's,
+  # so each step directory is complete on its own (the older-step fallback and
+  # keep_checkpoints need no cross-step references) at the cost of at most one copy of
+  # params + batch_stats, a third of an Adam state.
+  best = progress.best_variables if progress.best["step"] not in (-1, step) else None
+  ckpt.save(step, state, record, best=best)
+
+
+def _resumed_progress(restored) -> _Progress:
+  record, step = restored.record, restored.step
+  best = record.get("best", {"step": -1})
+  if best["step"] == step:
+    best_variables = restored.state.variables
+  else:
+    best_variables = restored.best
+  if "bad_evals" not in record:
+    logging.warning("checkpoint of step %d was written by an older astrotl: early stopping "
+                    "counts again from 0, and best_variables will be the last ones unless "
+                    "validation improves", step)
+  if best_variables is not None:
+    best_variables = jax.tree.map(parallel.to_host, best_variables)
+  return _Progress(best, best_variables, record.get("bad_evals", 0), record.get("stopped", False))
+
+
+@dataclasses.dataclass
 class FitResult:
   state: TrainState
   history: list            # dicts written to metrics.jsonl
@@ -325,9 +378,12 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None,
 
   A split is {'x', 'y'} numpy arrays, or (train only) an object with `__len__` and
   `take(indices) -> {'x', 'y'}` such as `astrotl.datasets.Rows`.  Resumes from `workdir`
-  if it has checkpoints; the data position needs no saving, because the batch of step s
-  is a pure function of (seed, s).  `augment(rng, x)` is applied to training batches
-  inside the jit-compiled step.
+  if it has checkpoints and returns what an uninterrupted run returns (seconds aside):
+  a checkpoint holds the train state, the best metrics and variables, the early-stopping
+  counter and whether the run has stopped; the history up to the checkpoint is read back
+  from metrics.jsonl; the data position needs no saving, because the batch of step s is
+  a pure function of (seed, s).  `augment(rng, x)` is applied to training batches inside
+  the jit-compiled step.
   """
   config = merged_config(config)
   mesh = mesh or parallel.make_mesh()
@@ -355,22 +411,18 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None,
   state = parallel.replicate(state, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  restored = ckpt.restore_latest(state)
-  best = {"step": -1}
+  restored = ckpt.restore_latest(state, best_template=state.variables)
+  progress = _Progress()
   if restored is not None:
-    start, state, record = restored
-    best = (record or {}).get("best", best)
-    logging.info("resumed from %s at step %d", ckpt.directory / str(start), start)
-  best_variables = None
+    state = restored.state
+    progress = _resumed_progress(restored)
+    logging.info("resumed from %s at step %d", ckpt.directory / str(restored.step), restored.step)
 
   step_fn = make_train_step(model, tx, mesh, config.loss, config.class_weights, frozen, augment)
   predict_fn = make_predict_fn(model, mesh)
   rows = parallel.process_rows(config.batch_size, mesh)
   metrics_path = workdir / "metrics.jsonl"
   history = _resume_metrics(metrics_path, int(state.step), is_main)
-  monitor = config.early_stopping_metric
-  sign = 1.0 if monitor.endswith("loss") or monitor.endswith("mae") else -1.0
-  bad_evals = 0
   t0 = time.time()
   first = int(state.step)
 
@@ -386,6 +438,8 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None,
         f.write(json.dumps(record) + "\n")
 
   for step in range(first, config.num_steps):
+    if progress.stopped:
+      break
     idx = batch_indices(n_train, config.batch_size, step, config.seed)[rows]
     local = dict(_take(train, idx), valid=np.ones(len(idx), bool))
     state, m = step_fn(state, parallel.shard_batch(local, mesh, config.batch_size))
@@ -396,27 +450,21 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None,
       log(record)
       if bar is not None:
         bar.set_postfix(loss=f"{record['loss']:.4f}")
-    stop = False
     if "validation" in data and (done % config.eval_every == 0 or done == config.num_steps):
       ev = _evaluate(model, state.variables, data["validation"], config, mesh, predict_fn)
       log({"step": done, **ev, "seconds": time.time() - t0})
-      if monitor in ev and (best["step"] < 0 or sign * ev[monitor] < sign * best[monitor]):
-        best = {"step": done, **ev}
-        best_variables = jax.tree.map(parallel.to_host, state.variables)
-        bad_evals = 0
-      else:
-        bad_evals += 1
-        stop = bool(config.early_stopping_patience) and bad_evals >= config.early_stopping_patience
-    if done % config.checkpoint_every == 0 or done == config.num_steps or stop:
-      ckpt.save(done, state, {"best": best, "config": config.to_json()})
+      progress.update(ev, done, state.variables, config)
+    if done % config.checkpoint_every == 0 or done == config.num_steps or progress.stopped:
+      _save(ckpt, done, state, progress, config)
     if bar is not None:
       bar.update(1)
-    if stop:
-      logging.info("early stopping at step %d (best %s at %d)", done, monitor, best["step"])
-      break
   if bar is not None:
     bar.close()
   ckpt.close()
+  if progress.stopped:
+    logging.info("early stopping at step %d (best %s at %d)", int(state.step),
+                 config.early_stopping_metric, progress.best["step"])
+  best_variables = progress.best_variables
   if best_variables is None:
     best_variables = jax.tree.map(parallel.to_host, state.variables)
-  return FitResult(state, history, best, best_variables, time.time() - t0)
+  return FitResult(state, history, progress.best, best_variables, time.time() - t0)

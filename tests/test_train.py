@@ -1,6 +1,8 @@
 import json
 import os
 import pathlib
+import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -125,6 +127,118 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, caplog):
     train.fit(_cfg(), tmp_path, _data())
 
 
+def _summary(result) -> dict:
+  """What `fit` returned, wall-clock seconds aside, as numpy and JSON values."""
+  return {"step": int(result.state.step), "best": result.best,
+          "history": [{k: v for k, v in h.items() if k != "seconds"} for h in result.history],
+          "variables": surgery.flatten(jax.tree.map(np.asarray, result.state.variables)),
+          "best_variables": surgery.flatten(result.best_variables)}
+
+
+def _assert_same(got, want):
+  """Two summaries agree bit for bit."""
+  for key in ("step", "best", "history"):
+    assert got[key] == want[key], key
+  for key in ("variables", "best_variables"):
+    assert sorted(got[key]) == sorted(want[key]), key
+    for path, value in want[key].items():
+      np.testing.assert_array_equal(got[key][path], value, err_msg=f"{key} {path}")
+
+
+def _flip_bytes(step_dir, n=64):
+  """Inverts `n` bytes in the middle of the step's largest data file, keeping its size."""
+  data = [f for f in step_dir.rglob("*") if f.is_file() and f.parent.name == "d"]
+  path = max(data, key=lambda f: f.stat().st_size)
+  b = bytearray(path.read_bytes())
+  mid = (len(b) - n) // 2
+  b[mid:mid + n] = bytes(x ^ 0xFF for x in b[mid:mid + n])
+  path.write_bytes(bytes(b))
+  return path
+
+
+def test_bit_flips_are_caught_and_the_previous_checkpoint_used(tmp_path, caplog):
+  full = train.fit(_cfg(), tmp_path / "full", _data())
+  train.fit(_cfg(num_steps=8), tmp_path / "part", _data())
+  damaged = _flip_bytes(tmp_path / "part" / "checkpoints" / "8")
+  with pytest.raises(checkpoint.CheckpointError, match=re.escape(str(damaged))):
+    checkpoint.load_variables(tmp_path / "part")
+  resumed = train.fit(_cfg(), tmp_path / "part", _data())
+  assert f"{damaged}: sha256 differs" in caplog.text
+  assert (tmp_path / "part" / "checkpoints" / "8.corrupt").is_dir()
+  assert [h["step"] for h in resumed.history if "loss" in h][4] == 5  # resumed from step 4
+  _assert_same(_summary(resumed), _summary(full))
+
+
+def _as_if_written_by_an_older_astrotl(step_dir):
+  """No SHA256SUMS, no `best` tree, and only `best` and `config` in the record."""
+  (step_dir / "SHA256SUMS").unlink()
+  shutil.rmtree(step_dir / "best", ignore_errors=True)
+  record = json.loads((step_dir / "record" / "metadata").read_text())
+  old = {k: v for k, v in record.items() if k in ("best", "config")}
+  (step_dir / "record" / "metadata").write_text(json.dumps(old))
+
+
+def test_checkpoint_without_checksums(tmp_path, caplog):
+  template = {"w": jnp.zeros(6)}
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  for step in (1, 2, 3):
+    ckpt.save(step, {"w": jnp.arange(6.0) + step}, {"n": step})
+  # killed after orbax committed step 3, before its checksums: unfinished, set aside
+  (tmp_path / "checkpoints" / "3" / "SHA256SUMS").unlink()
+  restored = ckpt.restore_latest(template)
+  assert restored.step == 2 and restored.record == {"n": 2}
+  assert (tmp_path / "checkpoints" / "3.corrupt").is_dir()
+  assert "SHA256SUMS: missing" in caplog.text
+  # written by an older astrotl (no checksums, no format in the record): restored, with a warning
+  step_dir = tmp_path / "checkpoints" / "2"
+  _as_if_written_by_an_older_astrotl(step_dir)
+  caplog.clear()
+  restored = ckpt.restore_latest(template)
+  assert restored.step == 2 and restored.record == {}
+  np.testing.assert_array_equal(restored.state["w"], np.arange(6.0) + 2)
+  assert "older astrotl" in caplog.text
+  assert checkpoint.load_variables(step_dir) == {}
+  ckpt.close()
+
+
+def test_fit_resumes_from_a_checkpoint_of_an_older_astrotl(tmp_path, caplog):
+  want = _summary(train.fit(_cfg(), tmp_path / "full", _data()))
+  train.fit(_cfg(num_steps=8), tmp_path / "old", _data())
+  _as_if_written_by_an_older_astrotl(tmp_path / "old" / "checkpoints" / "8")
+  got = _summary(train.fit(_cfg(), tmp_path / "old", _data()))
+  assert "no SHA256SUMS (written by an older astrotl)" in caplog.text
+  assert "early stopping counts again from 0" in caplog.text
+  assert not (tmp_path / "old" / "checkpoints" / "8.corrupt").exists()  # resumed from step 8
+  assert [h["step"] for h in got["history"] if "loss" in h] == list(range(1, 13))
+  for path, value in want["variables"].items():
+    np.testing.assert_array_equal(got["variables"][path], value, err_msg=path)
+
+
+def _early_stopping_cfg():
+  return _cfg(num_steps=200, eval_every=2, checkpoint_every=4, early_stopping_patience=3)
+
+
+def _checkpoint_before_stop(summary, cfg) -> int:
+  """The last checkpoint step before the early stop of a run.  It must come after the best
+  step, so that it holds a non-zero early-stopping count and best variables that are not
+  its own: what a resume used to lose."""
+  stop = summary["step"]
+  assert stop < cfg["num_steps"], "no early stop: the test would prove nothing"
+  last = (stop - 1) // cfg["checkpoint_every"] * cfg["checkpoint_every"]
+  assert summary["best"]["step"] < last, "no checkpoint between best and stop; change the config"
+  return last
+
+
+def test_resume_with_early_stopping_returns_what_an_uninterrupted_run_returns(tmp_path):
+  cfg = _early_stopping_cfg()
+  want = _summary(train.fit(cfg, tmp_path / "full", _data()))
+  last = _checkpoint_before_stop(want, cfg)
+  train.fit(dict(cfg, num_steps=last), tmp_path / "part", _data())  # as if killed after `last`
+  _assert_same(_summary(train.fit(cfg, tmp_path / "part", _data())), want)
+  # a stopped run stays stopped
+  _assert_same(_summary(train.fit(cfg, tmp_path / "part", _data())), want)
+
+
 def _write_npz(path):
   d = _data()
   np.savez(path, x_train=d["train"]["x"], y_train=d["train"]["y"],
@@ -176,6 +290,55 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert run[s] == pytest.approx(ref[s], rel=1e-5), s
 
 
+def _fit_and_die(config_json, workdir, npz, out, die_at):
+  """Body of `_fit_in_subprocess`: fits, and SIGKILLs itself when checkpoint `die_at` is
+  due (after the metrics of the steps before it, before the checkpoint is written)."""
+  save = checkpoint.Checkpointer.save
+
+  def save_or_die(self, step, *args, **kwargs):
+    if step == die_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return save(self, step, *args, **kwargs)
+
+  checkpoint.Checkpointer.save = save_or_die
+  with np.load(npz) as z:
+    data = {s: {"x": z[f"x_{s}"], "y": z[f"y_{s}"]} for s in ("train", "validation")}
+  result = train.fit(json.loads(config_json), workdir, data)
+  with open(out, "wb") as f:
+    pickle.dump(_summary(result), f)
+
+
+def _fit_in_subprocess(tmp_path, cfg, workdir, die_at=-1):
+  """(return code, summary or None) of `fit` in a fresh process."""
+  out = tmp_path / "result.pkl"
+  out.unlink(missing_ok=True)
+  code = (f"import test_train; test_train._fit_and_die({json.dumps(cfg)!r}, {str(workdir)!r}, "
+          f"{str(tmp_path / 'd.npz')!r}, {str(out)!r}, {die_at})")
+  env = dict(_env(), PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=300)
+  if not out.exists():
+    return proc.returncode, None
+  with open(out, "rb") as f:
+    return proc.returncode, pickle.load(f)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_with_early_stopping_matches_uninterrupted_run(tmp_path):
+  _write_npz(tmp_path / "d.npz")
+  cfg = _early_stopping_cfg()
+  rc, want = _fit_in_subprocess(tmp_path, cfg, tmp_path / "ref")
+  assert rc == 0
+  last = _checkpoint_before_stop(want, cfg)
+  rc, _ = _fit_in_subprocess(tmp_path, cfg, tmp_path / "run", die_at=want["step"])
+  assert rc == -signal.SIGKILL
+  ck = tmp_path / "run" / "checkpoints"
+  assert max(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == last
+  rc, got = _fit_in_subprocess(tmp_path, cfg, tmp_path / "run")
+  assert rc == 0
+  _assert_same(got, want)
+
+
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
   npz = tmp_path / "d.npz"
@@ -191,6 +354,9 @@ def test_two_processes_train_like_one(tmp_path):
   assert "process_id=1" in logs or "Connecting to JAX distributed service" in logs or True
   one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
   assert set(one) == set(two) == set(range(1, 7))
+  # process 0 hashed the step once both processes had written their files
+  assert checkpoint.verify(tmp_path / "two" / "checkpoints" / "6")
+  assert any((tmp_path / "two" / "checkpoints" / "6").rglob("ocdbt.process_1"))
   for s in one:
     assert two[s] == pytest.approx(one[s], rel=1e-4), s
 
