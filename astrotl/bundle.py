@@ -33,6 +33,7 @@ import numpy as np
 from astrotl import rules
 
 FORMAT = 2
+DEVICE_KEYS = ("u", "flux", "ivar", "mask")  # the raw arrays make_fn takes
 BUNDLED = {
     "wd_two_stage": ("models/wd_two_stage.npz", None),
     "wd_stage1": ("models/wd_two_stage.npz", "stage1"),
@@ -210,7 +211,8 @@ class Model:
 
   def make_fn(self, mesh, networks=None, embed=False, share=True):
     """jit-compiled (variables, u, flux, ivar, mask) -> {network: probabilities or values,
-    "snr": (B,), "embedding": (B, D) if embed}, on raw batches from `astrotl.io.batch`.
+    "embedding": (B, D) if embed}, on raw batches from `astrotl.io.batch` (whose "snr"
+    the host keeps: see `outputs_to_columns`).
 
     Resampling, normalisation and every network run in one function on the device.
     `networks`: names to run (default all); `share`: run a shared conv trunk once.
@@ -233,7 +235,7 @@ class Model:
     def fn(variables, u, flux, ivar, mask):
       f, iv, bad = spectra.resample_pixels(u, flux, ivar, mask, xp=jnp)
       x = spectra.network_input(f, iv, bad, spec, xp=jnp)
-      out = {"snr": spectra.snr(f, iv, bad, xp=jnp)}
+      out = {}
       feats = None
       if trunk:
         feats = nets[0].model.apply(variables[names[0]], x, output="features")
@@ -273,9 +275,10 @@ class Model:
     outs = []
     for start in range(0, n, size):
       part, _ = parallel.pad_rows({k: v[start:start + size] for k, v in raw.items()}, size)
-      arrays = parallel.shard_batch(part, mesh, size)
-      res = fn(variables, arrays["u"], arrays["flux"], arrays["ivar"], arrays["mask"])
-      outs.append({k: np.asarray(v)[:min(size, n - start)] for k, v in res.items()})
+      arrays = parallel.shard_batch({k: part[k] for k in DEVICE_KEYS}, mesh, size)
+      res = fn(variables, *(arrays[k] for k in DEVICE_KEYS))
+      m = min(size, n - start)
+      outs.append({"snr": part["snr"][:m], **{k: np.asarray(v)[:m] for k, v in res.items()}})
     if not outs:
       return {}
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -303,7 +306,7 @@ class Model:
     t = Table({"name": np.asarray(names, dtype=str)})
     for k, v in cols.items():
       t[k] = v
-    t["snr"].description = "median flux * sqrt(ivar) over 4000-5500 A on the common grid"
+    t["snr"].description = "median flux * sqrt(ivar) over 4000-5500 A"
     for k, (desc, unit) in self.columns().items():
       t[k].description = desc
     if self.rule and len(t):

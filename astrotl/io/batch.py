@@ -1,7 +1,7 @@
 """Decoding many spectra into fixed-size arrays for the device (used by the scan).
 
-Runs in worker processes, so it imports no jax.  Each spectrum becomes its native
-pixels that overlap the common grid, as grid-pixel positions `u` (float32, see
+Runs in worker processes, so it imports no jax.  Each spectrum becomes its S/N
+(`spectra.snr`, on its native pixels) and its native pixels that overlap the common grid, as grid-pixel positions `u` (float32, see
 `preprocess.spectra.grid_pixels`), flux, ivar and a bad-pixel mask, padded to
 `raw_len` with masked pixels whose `u` keeps increasing.  Spectra sampled more finely
 than the grid (more than `raw_len` overlapping pixels) are resampled on the host.
@@ -31,16 +31,20 @@ def raw_arrays(s: aio.Spectrum, raw_len: int = RAW_LEN, path="spectrum"):
     raise aio.SpectrumError(path, f"wavelength range {s.wavelength[0]:.0f}-{s.wavelength[-1]:.0f} A "
                             "does not overlap the common grid (3700-9100 A)")
   lo, hi = keep[0], keep[-1] + 1
+  snr = spectra.snr(s.wavelength, s.flux, s.ivar, s.mask)
   u, flux, ivar, mask = u[lo:hi], s.flux[lo:hi], s.ivar[lo:hi], s.mask[lo:hi]
   if len(u) > raw_len:
     flux, ivar, mask = spectra.resample_pixels(u, flux, ivar, mask)
     u = np.arange(spectra.NPIX, dtype=np.float32)
   n = len(u)
   out = {"u": np.empty(raw_len, np.float32), "flux": np.zeros(raw_len, np.float32),
-         "ivar": np.zeros(raw_len, np.float32), "mask": np.ones(raw_len, bool)}
+         "ivar": np.zeros(raw_len, np.float32), "mask": np.ones(raw_len, bool),
+         "snr": np.float32(snr)}
   out["u"][:n] = u
-  step = (u[-1] - u[-2]) if n > 1 else 1.0
-  out["u"][n:] = u[-1] + step * np.arange(1, raw_len - n + 1, dtype=np.float32)
+  # Padding continues the row's straight line, so a log-linear spectrum stays one line
+  # (the device's fast path, see spectra.resample_pixels).
+  step = (float(u[-1]) - float(u[0])) / (n - 1) if n > 1 else 1.0
+  out["u"][n:] = (float(u[0]) + step * np.arange(n, raw_len, dtype=np.float64)).astype(np.float32)
   out["flux"][:n] = np.nan_to_num(flux)
   out["ivar"][:n] = np.nan_to_num(ivar)
   out["mask"][:n] = mask
@@ -73,5 +77,7 @@ def decode_many(paths, raw_len: int = RAW_LEN, on_file=None):
 
 def empty(raw_len: int = RAW_LEN) -> dict:
   """Raw arrays of no spectra."""
-  return {k: np.zeros((0, raw_len), bool if k == "mask" else np.float32)
-          for k in ("u", "flux", "ivar", "mask")}
+  out = {k: np.zeros((0, raw_len), bool if k == "mask" else np.float32)
+         for k in ("u", "flux", "ivar", "mask")}
+  out["snr"] = np.zeros(0, np.float32)
+  return out

@@ -73,8 +73,7 @@ def resample_pixels(u, flux, ivar, mask=None, npix: int = NPIX, xp=np):
   if xp is np:
     pos = np.stack([np.interp(grid, row, idx, left=-1.0, right=-1.0) for row in u2]).astype(f32)
   else:
-    import jax
-    pos = jax.vmap(lambda row: xp.interp(grid, row, idx, left=-1.0, right=-1.0))(u2)
+    pos = _positions(u2, grid, idx)
   outside = (grid[None] < u2[:, :1]) | (grid[None] > u2[:, -1:]) | (pos < 0)
   lo = xp.clip(xp.floor(pos).astype(xp.int32), 0, n - 1)
   hi = xp.clip(lo + 1, 0, n - 1)
@@ -89,6 +88,32 @@ def resample_pixels(u, flux, ivar, mask=None, npix: int = NPIX, xp=np):
   out_ivar = xp.where(out_bad, 0.0, out_ivar).astype(f32)
   out_shape = shape[:-1] + (npix,)
   return out_flux.reshape(out_shape), out_ivar.reshape(out_shape), out_bad.reshape(out_shape)
+
+
+def _positions(u2, grid, idx):
+  """Input-pixel position of every grid pixel, in jit.
+
+  Survey spectra are sampled log-linearly, so u is a straight line and the position is
+  (grid - u0) / du.  jnp.interp's search costs as much as the rest of the resampling on
+  XLA:CPU, so it runs only for a batch that holds a row off a straight line."""
+  import jax
+  import jax.numpy as jnp
+  n = u2.shape[-1]
+  u0 = u2[:, :1]
+  du = (u2[:, -1:] - u2[:, :1]) / (n - 1)
+  straight = jnp.max(jnp.abs(u2 - (u0 + du * idx)), axis=-1) < LINEAR_TOLERANCE
+
+  def line():
+    pos = (grid[None] - u0) / du
+    return jnp.where((pos < 0) | (pos > n - 1), -1.0, pos)
+
+  def search():
+    return jax.vmap(lambda row: jnp.interp(grid, row, idx, left=-1.0, right=-1.0))(u2)
+
+  return jax.lax.cond(jnp.all(straight), line, search)
+
+
+LINEAR_TOLERANCE = 2e-3  # grid pixels: float32 rounding of u is ~3e-4 at u = 4000
 
 
 # --- labels ----------------------------------------------------------------------------
@@ -201,6 +226,13 @@ def fill_masked(flux, mask, xp=np):
   return xp.where(good, flux, value).astype(xp.float32)
 
 
+# Devillard's 19 compare-exchange network for the median of 9 (exact, like a sort, but
+# 19 elementwise min/max pairs instead of a sort per pixel: on XLA:CPU the sort made the
+# median filter cost as much as a whole network pass).
+_MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
+            (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
 def median_filter(x, width: int = TAN_MEDIAN_WIDTH, xp=np):
   """Running median along the last axis, edges reflected (scipy.ndimage mode='reflect')."""
   if width % 2 != 1:
@@ -210,8 +242,12 @@ def median_filter(x, width: int = TAN_MEDIAN_WIDTH, xp=np):
   # numpy's 'symmetric' padding repeats the edge sample, which is scipy's 'reflect'.
   padded = xp.pad(x, pad, mode="symmetric")
   n = x.shape[-1]
-  windows = xp.stack([padded[..., i:i + n] for i in range(width)], axis=-1)
-  return xp.sort(windows, axis=-1)[..., h]
+  windows = [padded[..., i:i + n] for i in range(width)]
+  if width == 9:
+    for a, b in _MEDIAN9:
+      windows[a], windows[b] = xp.minimum(windows[a], windows[b]), xp.maximum(windows[a], windows[b])
+    return windows[4]
+  return xp.sort(xp.stack(windows, axis=-1), axis=-1)[..., h]
 
 
 def tan_normalise(flux, mask=None, xp=np, npix: int = TAN_NPIX,
@@ -300,19 +336,18 @@ def _block_weights(n, nblock, block):
 SNR_BAND = (4000.0, 5500.0)
 
 
-def snr(flux, ivar, mask=None, xp=np):
-  """Median flux / sigma over good grid pixels in SNR_BAND ((..., NPIX) -> (...,)); 0 when
-  the band has no good pixel."""
-  wave = wavelength_grid(flux.shape[-1])
-  band = xp.asarray((wave >= SNR_BAND[0]) & (wave <= SNR_BAND[1]))
-  flux = xp.asarray(flux, xp.float32)
-  ivar = xp.asarray(ivar, xp.float32)
-  good = band & xp.isfinite(flux) & (ivar > 0)
+def snr(wavelength, flux, ivar, mask=None) -> float:
+  """Median flux / sigma over the good pixels of one spectrum in SNR_BAND (any pixel
+  grid); 0 when the band has no good pixel.  Computed on the host: a median is a sort on
+  an accelerator, and np.median's selection is nearly free."""
+  wavelength, flux, ivar = (np.asarray(a) for a in (wavelength, flux, ivar))
+  good = ((wavelength >= SNR_BAND[0]) & (wavelength <= SNR_BAND[1]) & np.isfinite(flux)
+          & np.isfinite(ivar) & (ivar > 0))
   if mask is not None:
-    good = good & ~xp.asarray(mask, bool)
-  ratio = xp.where(good, flux * xp.sqrt(xp.where(good, ivar, 0.0)), xp.nan)
-  out = _nanmedian(ratio, xp)
-  return xp.where(xp.isfinite(out), out, 0.0).astype(xp.float32)
+    good &= ~np.asarray(mask, bool)
+  if not good.any():
+    return 0.0
+  return float(np.median(flux[good] * np.sqrt(ivar[good])))
 
 
 def binned(a, size: int, xp=np):

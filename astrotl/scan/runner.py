@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from astrotl import parallel, rules
+from astrotl.bundle import DEVICE_KEYS
 from astrotl.scan import tables, workers
 
 
@@ -55,12 +56,14 @@ class Runner:
       jax.block_until_ready(self._dispatch(fn, v, raw, 0)[0])
 
   def _dispatch(self, fn, variables, raw, n):
-    arrays = parallel.shard_batch(raw, self.mesh, self.batch_size)
-    return fn(variables, arrays["u"], arrays["flux"], arrays["ivar"], arrays["mask"]), n
+    """(device outputs, n, the host's S/N): the batch runs while the host goes on."""
+    arrays = parallel.shard_batch({k: raw[k] for k in DEVICE_KEYS}, self.mesh, self.batch_size)
+    return fn(variables, *(arrays[k] for k in DEVICE_KEYS)), n, raw["snr"][:n]
 
   def _host(self, pending):
     t = time.perf_counter()
-    out = {k: np.asarray(v)[:pending[1]] for k, v in pending[0].items()}
+    outs, n, snr = pending
+    out = {"snr": snr, **{k: np.asarray(v)[:n] for k, v in outs.items()}}
     self.wait_device += time.perf_counter() - t
     return out
 
@@ -118,7 +121,7 @@ class Runner:
       for name in self.stages[1]:
         outs[name] = np.full((n, self.model.networks[name].width), np.nan, np.float32)
       for pending, rows in self._outs2:
-        got = self._host((pending[0], len(rows)))
+        got = self._host(pending)
         for name in self.stages[1]:
           outs[name][rows] = got[name]
     return outs
