@@ -130,3 +130,24 @@ def to_host(x) -> np.ndarray:
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
+
+
+def enable_compilation_cache():
+  """Keeps compiled XLA programs on disk, so a second run of the same program (a resumed
+  scan, the next scan with the same model) skips most of its compilation.
+
+  The folder is $JAX_COMPILATION_CACHE_DIR if set, else $ASTROTL_CACHE/jax, else
+  ~/.cache/astrotl/jax; ASTROTL_CACHE=off turns it off.  A folder that cannot be created
+  leaves the cache off (it only saves time).
+  """
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("ASTROTL_CACHE") == "off":
+    return
+  base = os.environ.get("ASTROTL_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "astrotl")
+  path = os.path.join(base, "jax")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

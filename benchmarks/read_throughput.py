@@ -50,7 +50,7 @@ METHODS = {
 
 def files(data):
   with open(data / "spectra" / "index.csv", newline="") as f:
-    rows = [r for r in csv.DictReader(f) if r["survey"] == "LAMOST-LRS"]
+    rows = [r for r in csv.DictReader(f) if r.get("survey", "LAMOST-LRS") == "LAMOST-LRS"]
   return [data / "spectra" / r["file"] for r in rows]
 
 
@@ -70,7 +70,8 @@ def measure(fn, paths, repeats):
 def default_data():
   env = os.environ.get("ASTROTL_SHARED_DATA")
   candidates = [pathlib.Path(env)] if env else []
-  candidates += [HERE.parent.parent / "shared" / "data", pathlib.Path("/work/shared/data")]
+  candidates += [HERE.parent.parent / "shared" / "data", pathlib.Path("/work/shared/data"),
+                 HERE.parent / "astrotl" / "data"]  # the bundled sample, where no shared data is
   return next((c for c in candidates if (c / "spectra" / "index.csv").exists()), candidates[0])
 
 

@@ -1,25 +1,26 @@
-"""Scan throughput on a made mirror: decode-only, the full scan, and a naive loop.
+"""Scan throughput on a made mirror, side by side in one run:
 
-  python benchmarks/scan_throughput.py --n=20000 --mirror=/tmp/astrotl-mirror --workers=2
+  python benchmarks/scan_throughput.py --n=20000 --workers=2 --tan_n=1000
 
-All three read the same files with the same number of worker processes, in one run:
-  decode-only  astrotl's parallel decoder alone (the upper bound for the scan);
-  scan         astrotl.scan.run: decode + device resample/normalise/both models + chunk writes;
-  naive        what a script would do: astropy.io.fits.open per file, numpy resample and
-               Tan normalisation per file (in the same worker pool), then batch predict.
-Prints rates and the ratios scan/decode and scan/naive (and, without the networks, astrotl's
-decode against the naive astropy + numpy decode and preprocessing), projects the time for LAMOST DR9
-(11.2 million spectra) on a 16-core node from the per-core decode rate, and writes
-benchmarks/results/scan_throughput_<backend>.json.  Runs unchanged on CPU and GPU.
+  decode       astrotl's decode pool alone (the upper bound for the scan);
+  network      the model's device function alone, on decoded spectra held in memory;
+  scan         `python -m astrotl.scan` as a user runs it, timed from the command to its
+               exit (start-up, compilation, merge and report included), with its own
+               steady-state rate, the time its host waited for decoders and for the
+               device, and the peak memory of the process tree;
+  tan          Tan et al.'s usage flow (benchmarks/tan_baseline.py) on the first --tan_n
+               of the same files: astropy, min-max, median filter, PyTorch one spectrum
+               at a time.
+Writes benchmarks/results/scan_throughput_<backend>.json.  Runs unchanged on CPU and GPU.
 """
 
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import pathlib
-import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 
 from absl import app, flags
@@ -30,97 +31,174 @@ _MIRROR = flags.DEFINE_string("mirror", os.path.join(tempfile.gettempdir(), "ast
                               "Mirror folder (made with astrotl.tools.make_mirror if absent).")
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "Decoding processes.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Scan batch size.")
-_NAIVE_N = flags.DEFINE_integer("naive_n", 4000, "Files for the (slow) naive loop; its rate "
-                                "is per file, so a subset is enough.")
+_MODEL = flags.DEFINE_string("model", "wd_two_stage", "Model bundle or bundled name.")
+_TAN_N = flags.DEFINE_integer("tan_n", 1000, "Files for the (slow) Tan-style flow; its rate "
+                              "is per file, so a subset is enough (0: skip).")
+_SKIP = flags.DEFINE_list("skip", [], "Parts to skip: decode, network, scan, tan.")
 _OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "Output dir.")
+_TAG = flags.DEFINE_string("tag", "", "Suffix of the result file name.")
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 DR9_SPECTRA = 11_200_000
 
 
-def naive_one(path):
-  """astropy open + per-file preprocessing, the way a hand-written script does it."""
-  from astropy.io import fits
-  from astrotl.preprocess import spectra
-  try:
-    with fits.open(path) as h:
-      row = h[1].data[0]
-      wave, flux, ivar = (np.asarray(row[k], np.float64) for k in ("WAVELENGTH", "FLUX", "IVAR"))
-      andmask = np.asarray(row["ANDMASK"])
-  except Exception:
-    return None
-  f, _, bad = spectra.resample(np.log10(wave), flux, ivar, andmask != 0)
-  return spectra.tan_normalise(f, bad).astype(np.float32)
+def mirror_paths(n, folder):
+  from astrotl.scan import inputs
+  from astrotl.tools import make_mirror
+  folder = pathlib.Path(folder)
+  catalog = folder / "catalog.csv"
+  if not catalog.exists() or sum(1 for _ in open(catalog)) - 1 < n:
+    t = time.time()
+    make_mirror.make(n, folder)
+    print(f"made a {n}-spectrum mirror in {time.time() - t:.0f} s")
+  return catalog, inputs.from_catalog(str(catalog)).paths[:n]
+
+
+class TreeMemory:
+  """Peak resident memory of a process and of it with its children, sampled every 0.1 s."""
+
+  def __init__(self, pid):
+    self.pid, self.peak_main, self.peak_tree = pid, 0, 0
+    self._stop = False
+    self._thread = threading.Thread(target=self._loop, daemon=True)
+    self._thread.start()
+
+  @staticmethod
+  def _rss(pid):
+    try:
+      for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) * 1024
+    except OSError:
+      pass
+    return 0
+
+  def _children(self):
+    out = []
+    for d in os.listdir("/proc"):
+      if d.isdigit():
+        try:
+          if int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == self.pid:
+            out.append(int(d))
+        except (OSError, ValueError, IndexError):
+          pass
+    return out
+
+  def _loop(self):
+    while not self._stop:
+      main = self._rss(self.pid)
+      tree = main + sum(self._rss(c) for c in self._children())
+      self.peak_main, self.peak_tree = max(self.peak_main, main), max(self.peak_tree, tree)
+      time.sleep(0.1)
+
+  def stop(self):
+    self._stop = True
+    self._thread.join()
+
+
+def time_scan(args, out):
+  """Runs the scan command; (wall seconds, summary, peak RSS of main / tree in bytes)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  t = time.time()
+  proc = subprocess.Popen([sys.executable, "-m", "astrotl.scan", "--progress=false",
+                           f"--out={out}", *args], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  mem = TreeMemory(proc.pid)
+  stdout, stderr = proc.communicate()
+  wall = time.time() - t
+  mem.stop()
+  if proc.returncode != 0:
+    raise RuntimeError(f"scan failed ({proc.returncode}): {stderr[-2000:]}")
+  summary = json.loads((pathlib.Path(out) / "summary.json").read_text())
+  return wall, summary, mem.peak_main, mem.peak_tree
+
+
+def decode_rate(paths, workers):
+  from astrotl.scan import workers as w
+  pool = w.DecodePool(workers)
+  t = time.time()
+  for s in range(0, len(paths), w.TASK):
+    pool.submit(s, paths[s:s + w.TASK])
+  n_ok = 0
+  while len(pool):
+    n_ok += len(pool.next()[2][0])
+  seconds = time.time() - t
+  pool.close()
+  return len(paths) / seconds, n_ok
+
+
+def network_rate(model, paths, batch_size, seconds=20.0):
+  """The device function alone (mode as the scan picks it), on decoded spectra in memory."""
+  import jax
+  from astrotl import parallel
+  from astrotl.io import batch as io_batch
+  from astrotl.scan import runner
+  good, arrays, _, _ = io_batch.decode_many(paths[:batch_size])
+  run = runner.Runner(model, parallel.make_mesh(jax.local_devices()), batch_size)
+  raw = {k: np.resize(v, (run.batch_size,) + v.shape[1:]) for k, v in arrays.items()}
+  run.warm_up()
+  n, t = 0, time.time()
+  while time.time() - t < seconds:
+    for fn, v in zip(run.fns, run.variables):
+      jax.block_until_ready(run._dispatch(fn, v, raw, run.batch_size)[0])
+    n += run.batch_size
+  return n / (time.time() - t), run.mode
 
 
 def main(argv):
   del argv
   import jax
-  from astrotl import scan, train
-  from astrotl.tools import make_mirror
+  from astrotl import bundle
+  sys.path.insert(0, str(pathlib.Path(__file__).parent))
+  import tan_baseline
 
-  mirror = pathlib.Path(_MIRROR.value)
-  catalog = mirror / "catalog.csv"
-  if not catalog.exists() or sum(1 for _ in open(catalog)) - 1 < _N.value:
-    t = time.time()
-    make_mirror.make(_N.value, mirror)
-    print(f"made a {_N.value}-spectrum mirror in {time.time() - t:.0f} s")
-  paths, _ = scan.list_inputs(catalog=str(catalog))
-  paths = paths[:_N.value]
+  catalog, paths = mirror_paths(_N.value, _MIRROR.value)
   workers = _WORKERS.value
-  result = {"n": len(paths), "workers": workers, "batch_size": _BATCH.value,
-            "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-            "n_devices": jax.local_device_count(), "cpu_count": os.cpu_count()}
-
-  # 1. decode only
-  dec = scan.Decoder(workers)
-  t = time.time()
-  n_ok = sum(len(good) for good, *_ in dec.map(paths))
-  result["decode_seconds"] = time.time() - t
-  dec.close()
-  result["decode_rate"] = len(paths) / result["decode_seconds"]
-  print(f"decode-only: {result['decode_rate']:.0f} spectra/s ({n_ok} good)")
-
-  # 2. the scan (model load and compilation included)
-  model = scan.ScanModel.load(None)
-  out = pathlib.Path(tempfile.mkdtemp(prefix="astrotl-scan-bench-"))
-  t = time.time()
-  scan.run(paths, out, model, batch_size=_BATCH.value, chunk_size=4096, workers=workers,
-           progress=False)
-  result["scan_seconds"] = time.time() - t
-  result["scan_rate"] = len(paths) / result["scan_seconds"]
-  shutil.rmtree(out)
-  print(f"scan:        {result['scan_rate']:.0f} spectra/s")
-
-  # 3. naive loop on a subset (same pool size), then batch predict both stages
-  sub = paths[:min(_NAIVE_N.value, len(paths))]
-  t = time.time()
-  ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(max(workers, 1), mp_context=ctx) as pool:
-    xs = [x for x in pool.map(naive_one, sub, chunksize=16) if x is not None]
-  x = np.stack(xs)
-  result["naive_decode_rate"] = len(sub) / (time.time() - t)
-  for stage in ("stage1", "stage2"):
-    train.predict(model.models[stage], model.variables[stage], x, batch_size=_BATCH.value)
-  result["naive_seconds"] = time.time() - t
-  result["naive_n"] = len(sub)
-  result["naive_rate"] = len(sub) / result["naive_seconds"]
-  print(f"naive loop:  {result['naive_rate']:.0f} spectra/s (on {len(sub)} files)")
-
-  result["scan_over_decode"] = result["scan_rate"] / result["decode_rate"]
-  # the part the pipeline controls, without the networks: astrotl decode vs astropy+numpy
-  result["decode_over_naive_decode"] = result["decode_rate"] / result["naive_decode_rate"]
-  result["scan_over_naive"] = result["scan_rate"] / result["naive_rate"]
-  per_core = result["decode_rate"] / max(workers, 1)
-  result["decode_rate_per_core"] = per_core
-  result["dr9_hours_16_cores_decode_bound"] = DR9_SPECTRA / (per_core * 16) / 3600
-  print(f"scan / decode-only = {result['scan_over_decode']:.2f}   "
-        f"scan / naive = {result['scan_over_naive']:.2f}   decode-only / naive decode+preprocess "
-        f"= {result['decode_over_naive_decode']:.2f} ({result['naive_decode_rate']:.0f} spectra/s)")
-  print(f"decode {per_core:.0f} spectra/s/core -> DR9 ({DR9_SPECTRA:,} spectra) on 16 cores: "
-        f"{result['dr9_hours_16_cores_decode_bound']:.2f} h if decode-bound")
+  model = bundle.load_model(_MODEL.value)
+  r = {"n": len(paths), "workers": workers, "batch_size": _BATCH.value, "model": model.name,
+       "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+       "n_devices": jax.local_device_count(), "cpu_count": os.cpu_count(),
+       "load_average_before": os.getloadavg()}
+  if "decode" not in _SKIP.value:
+    r["decode_rate"], _ = decode_rate(paths, workers)
+    print(f"decode only:   {r['decode_rate']:8.0f} spectra/s ({workers} workers)")
+  if "network" not in _SKIP.value:
+    r["network_rate"], r["mode"] = network_rate(model, paths, _BATCH.value)
+    print(f"network only:  {r['network_rate']:8.0f} spectra/s (mode {r['mode']})")
+  if "scan" not in _SKIP.value:
+    with tempfile.TemporaryDirectory(prefix="astrotl-scan-bench-") as out:
+      args = [f"--catalog={catalog}", f"--model={_MODEL.value}", f"--workers={workers}",
+              f"--batch_size={_BATCH.value}"]
+      wall, summary, peak_main, peak_tree = time_scan(args, out)
+    r.update(scan_wall_seconds=wall, scan_rate_wall=len(paths) / wall,
+             scan_rate_steady=summary["spectra_per_second"], scan_timings=summary["timings"],
+             scan_wait_decode_s=summary["host_wait_decode_s"],
+             scan_wait_device_s=summary["host_wait_device_s"], scan_mode=summary["mode"],
+             scan_peak_rss_main_mb=peak_main / 2**20, scan_peak_rss_tree_mb=peak_tree / 2**20)
+    print(f"scan:          {r['scan_rate_wall']:8.0f} spectra/s command to exit ({wall:.1f} s); "
+          f"steady {r['scan_rate_steady']:.0f}/s; host waited {summary['host_wait_decode_s']:.1f} s "
+          f"for decoders, {summary['host_wait_device_s']:.1f} s for the device; peak RSS "
+          f"{r['scan_peak_rss_main_mb']:.0f} MB ({r['scan_peak_rss_tree_mb']:.0f} MB with workers)")
+    print(f"               timings {json.dumps({k: round(v, 1) for k, v in summary['timings'].items()})}")
+  if _TAN_N.value and "tan" not in _SKIP.value:
+    sub = paths[:_TAN_N.value]
+    tan = tan_baseline.run(sub, tan_baseline.shipped_configs(model))
+    r.update(tan_rate=tan["rate"], tan_n=tan["n"], tan_torch_threads=tan["torch_threads"],
+             tan_read_fraction=tan["read_seconds"] / tan["seconds"])
+    print(f"Tan-style:     {tan['rate']:8.1f} spectra/s (on {tan['n']} files, "
+          f"{r['tan_read_fraction']:.0%} reading)")
+  if "scan_rate_wall" in r and "decode_rate" in r:
+    r["scan_over_decode"] = r["scan_rate_wall"] / r["decode_rate"]
+  if "scan_rate_wall" in r and "tan_rate" in r:
+    r["scan_over_tan"] = r["scan_rate_wall"] / r["tan_rate"]
+    print(f"scan / Tan-style = {r['scan_over_tan']:.1f}x")
+  if "decode_rate" in r:
+    r["dr9_hours_16_cores_decode_bound"] = DR9_SPECTRA / (r["decode_rate"] / max(workers, 1) * 16) / 3600
+  r["load_average_after"] = os.getloadavg()
   outdir = pathlib.Path(_OUT.value)
   outdir.mkdir(parents=True, exist_ok=True)
-  (outdir / f"scan_throughput_{result['backend']}.json").write_text(json.dumps(result, indent=1))
+  name = f"scan_throughput_{r['backend']}{'_' + _TAG.value if _TAG.value else ''}.json"
+  (outdir / name).write_text(json.dumps(r, indent=1))
 
 
 if __name__ == "__main__":

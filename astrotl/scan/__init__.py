@@ -21,9 +21,9 @@ With --distributed each process scans the chunks i with i % processes == its ind
 its own devices (inference needs no collectives), then process 0 merges.
 """
 
+import json
 import os
 import signal
-import sys
 import time
 
 from astrotl.scan.chunks import OutputError
@@ -68,6 +68,8 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
          mode="auto", top=12, explain=False, progress=True, log=print):
   """Scans spectra into `out` and returns the summary dict (None on processes other than 0).
 
+  spectra: folders, files or globs (comma-separated text or a list); or catalog (+ root).
+
   Re-running the same call continues where a killed or interrupted run stopped.  Bad
   arguments raise InputError, OutputError, BundleError or RuleError before any file is
   decoded.  On SIGINT/SIGTERM (raised as Interrupted by the command line, or
@@ -84,6 +86,8 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   import jax
   from astrotl import parallel
   from astrotl.scan import chunks, merge as scan_merge, runner, workers as w
+  parallel.enable_compilation_cache()
+  times = {"prepare": time.time() - t_start}
   paths = found.paths
   chunk_size = chunk_size or chunks.auto_chunk_size(len(paths))
   n_proc, me = jax.process_count(), jax.process_index()
@@ -104,6 +108,7 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
     t0 = time.time()
     if todo:
       run.warm_up()
+      times["compile"] = time.time() - t0
       _scan_chunks(run, pool, store, todo, found, me, progress and main, n_todo)
     seconds = time.time() - t0
   except BaseException:
@@ -122,12 +127,16 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
              "spectra_per_second": n_todo / seconds if n_todo and seconds > 0 else None,
              "n_already_done": already, "mode": run.mode,
              "host_wait_decode_s": run.wait_decode, "host_wait_device_s": run.wait_device,
-             "decoders_replaced": pool.replaced}
+             "decoders_replaced": pool.replaced, "timings": times}
+    t1 = time.time()
     summary = scan_merge.merge(store, m, rule, known_cat, top, stats, found, explain)
+    times["merge_and_report"] = time.time() - t1
+    summary["wall_seconds"] = time.time() - t_start
+    summary["too_many_missing"] = bool(found.missing > max_missing * len(paths))
+    chunks.write_atomic(store.out / "summary.json",
+                        lambda p: p.write_text(json.dumps(summary, indent=1)))
   finally:
     store.close()
-  summary["wall_seconds"] = time.time() - t_start
-  summary["too_many_missing"] = bool(found.missing > max_missing * len(paths))
   return summary
 
 

@@ -58,10 +58,13 @@ class Inputs:
     return [c for c in CARRIED if c in self.table]
 
 
-def from_spectra(text: str) -> Inputs:
-  """Files named by comma-separated folders, files or globs, sorted and unique."""
+def from_spectra(text) -> Inputs:
+  """Files named by folders, files or globs (comma-separated text, or a list), sorted and
+  unique."""
+  items = text.split(",") if isinstance(text, str) else [str(t) for t in text]
+  text = text if isinstance(text, str) else f"{len(items)} paths"
   found = []
-  for item in (s.strip() for s in text.split(",")):
+  for item in (s.strip() for s in items):
     if not item:
       continue
     p = pathlib.Path(item)
