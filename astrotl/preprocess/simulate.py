@@ -321,14 +321,17 @@ def snr_band(wavelength) -> np.ndarray:
   return (wavelength >= SNR_BAND[0]) & (wavelength <= SNR_BAND[1])
 
 
-def add_noise(total, snr, rng, ivar_template=None, mask=None, wavelength=None):
-  """Gaussian noise at S/N `snr` on noise-free spectra `total` (n, npix).
+def add_noise(total, snr, rng, ivar_template=None, mask=None, wavelength=None,
+              ivar_present=None):
+  """Gaussian noise at S/N `snr` on spectra `total` (n, npix).
 
   sigma follows 1/sqrt(ivar_template) ((npix,) or (n, npix); its ivar <= 0 pixels become
   masked), else photon noise sqrt(total), scaled so that the median of total / sigma over
   the good pixels of SNR_BAND is `snr` (n,).  wavelength: (npix,) or (n, npix) in A,
-  default the common grid.  Returns (flux, ivar, mask): float32, float32, bool, with bad
-  pixels carrying flux 0 and ivar 0.
+  default the common grid.  ivar_present: the noise `total` already carries (a real
+  spectrum); then only the missing variance sigma^2 - 1/ivar_present is added (none where
+  the pixel is already noisier) and the returned ivar is min(1/sigma^2, ivar_present).
+  Returns (flux, ivar, mask): float32, float32, bool, bad pixels with flux 0 and ivar 0.
   """
   total = np.asarray(total, np.float64)
   n, npix = total.shape
@@ -340,9 +343,30 @@ def add_noise(total, snr, rng, ivar_template=None, mask=None, wavelength=None):
   mask |= ~np.isfinite(shape)
   shape = np.where(mask, np.nan, shape)
   sigma = shape * (_band_median(total / shape, snr_band(wavelength), mask) / snr)[:, None]
-  noisy = total + sigma * rng.standard_normal((n, npix))
+  if ivar_present is None:
+    noisy = total + sigma * rng.standard_normal((n, npix))
+  else:
+    present = np.broadcast_to(np.asarray(ivar_present, np.float64), (n, npix))
+    mask |= ~(present > 0)
+    var_present = 1.0 / np.where(mask, 1.0, present)
+    noisy = total + np.sqrt(np.maximum(sigma ** 2 - var_present, 0.0)) * rng.standard_normal(
+        (n, npix))
+    sigma = np.sqrt(np.maximum(sigma ** 2, var_present))
   ivar = np.where(mask, 0.0, 1.0 / np.where(mask, 1.0, sigma) ** 2)
   return np.where(mask, 0.0, noisy).astype(np.float32), ivar.astype(np.float32), mask
+
+
+def measured_snr(flux, ivar, mask=None, wavelength=None) -> np.ndarray:
+  """S/N as `add_noise` defines it, from data: median of flux * sqrt(ivar) over the good
+  pixels of SNR_BAND (all good pixels if none is in it), per row; (n,)."""
+  flux = np.atleast_2d(np.asarray(flux, np.float64))
+  ivar = np.broadcast_to(np.asarray(ivar, np.float64), flux.shape)
+  bad = ~np.isfinite(flux) | ~(ivar > 0)
+  if mask is not None:
+    bad = bad | np.broadcast_to(np.asarray(mask, bool), flux.shape)
+  wavelength = spectra.wavelength_grid(flux.shape[-1]) if wavelength is None else wavelength
+  ratio = np.where(bad, 0.0, flux) * np.sqrt(np.where(bad, 0.0, ivar))
+  return _band_median(ratio, snr_band(wavelength), bad)
 
 
 def _noise_shape(total, ivar_template, n, npix):
