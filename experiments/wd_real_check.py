@@ -9,8 +9,8 @@ arrays through the scan model's own jit function and its default candidate rule.
 - HST CALSPEC spectra (white dwarfs DA/DB/DO/unknown, PN nucleus, hot subdwarfs, O/B, A,
   F/G/K, M) and SDSS spectra (QSOs, galaxies, the BOSS white dwarf) become LAMOST-like
   (`astrotl.preprocess.degrade.lamost_like`: observed range only, SDSS convolved to
-  R = 1800, an instrument response, noise from a random real LAMOST ivar pattern) at each
-  --snrs value, --draws times with independent response and noise.  An S/N above a
+  R = 1800, an instrument response, noise shaped like the ivar of a random one of all real
+  LAMOST stars) at each --snrs value, --draws times with independent response and noise.  An S/N above a
   spectrum's own is skipped (it cannot be made).
 - Real LAMOST stars (the test split of the lamost_lrs mirror dataset by default, or
   --lamost_files) at their native S/N and degraded (`degrade.degrade`) to each
@@ -136,6 +136,7 @@ def score(model, flux, ivar, mask, u=None, batch_size=256):
   batch_size = max(n_dev, batch_size // n_dev * n_dev)
   flux = np.atleast_2d(flux)
   n = len(flux)
+  ivar, mask = (np.broadcast_to(a, flux.shape) for a in (ivar, mask))
   if u is None:  # grid arrays: pad like io.batch.decode pads a spectrum already on the grid
     raw = io_batch.RAW_LEN
     pad = raw - flux.shape[1]
@@ -310,6 +311,7 @@ def purity(cells, snrs, population, wd_fraction, wd_mix, snr_mix, n_mc, seed, mi
   pur_mc = tp_mc / np.maximum(tp_mc + fp_mc, 1e-300)
   return {
       "purity": tp_point / (tp_point + fp_point) if tp_point + fp_point > 0 else float("nan"),
+      "purity_mc_median": float(np.median(pur_mc)),
       "purity_95": np.percentile(pur_mc, [2.5, 97.5]).tolist(),
       "completeness": wd_point, "completeness_95": np.percentile(wd_mc, [2.5, 97.5]).tolist(),
       "candidates_per_million": {"white dwarfs": 1e6 * tp_point,
@@ -335,9 +337,12 @@ def main(argv):
   cv = json.loads(pathlib.Path(FLAGS.cv).read_text()) if FLAGS.cv else {}
   draws = FLAGS.draws
 
+  cv_used = set()
+
   def bundle_for(*names):
     for name in names:
       if name in cv:
+        cv_used.add(name)
         return cv[name]
     return FLAGS.model
 
@@ -425,15 +430,14 @@ def main(argv):
     variants[f"S/N >= {float(m):g} + veto"] = {"min_snr": float(m), "veto": ("QSO", "GALAXY")}
   purities = {name: purity(cells, snrs, population, FLAGS.wd_fraction, wd_mix, snr_mix,
                            FLAGS.mc, FLAGS.seed, **kw) for name, kw in variants.items()}
-  command = "python experiments/wd_real_check.py " + " ".join(
-      f"--{k}={v}" for k, v in (("workdir", workdir), ("model", FLAGS.model), ("cv", FLAGS.cv),
-                                ("draws", draws), ("lamost_split", FLAGS.lamost_split),
-                                ("lamost_files", FLAGS.lamost_files),
-                                ("response", FLAGS.response)) if v is not None)
+  command = " ".join(["python experiments/wd_real_check.py"] + sys.argv[1:])
+  if set(cv) - cv_used:
+    logging.warning("--cv names no object here: %s", sorted(set(cv) - cv_used))
   from astrotl import scan
   model = scan.ScanModel.load(FLAGS.model)
   results = {
-      "command": command, "model": model.meta.get("source"), "cv": cv,
+      "command": command, "model": _short(model.meta.get("source")), "cv": cv,
+      "cv_keys_matching_no_object": sorted(set(cv) - cv_used),
       "rule": f"P(WD) >= {THRESHOLD} and stage 1 in {model.wd_classes} (astrotl.scan default)",
       "draws": draws, "seed": FLAGS.seed, "response": FLAGS.response, "snrs": snrs,
       "lamost_snrs": lamost_snrs,
@@ -487,6 +491,14 @@ def tabulate(rows):
       c["n_spectra"] = sum(len(v) for v in by_obj.values())
       cells["LAMOST A-M (all)"][snr] = c
   return {k: dict(v) for k, v in cells.items()}
+
+
+def _short(path):
+  """A path inside the checkout relative to it (results are committed)."""
+  try:
+    return str(pathlib.Path(path).resolve().relative_to(real_spectra.REPO))
+  except (TypeError, ValueError):
+    return path
 
 
 def _json(o):
@@ -556,13 +568,14 @@ def markdown(res):
             + ", ".join(f"{s:g}: {w:.1%}" for s, w in pop["snr_mix"].items())
             + "; classes " + ", ".join(f"{k} {v:.2%}" for k, v in pop["classes"].items())
             + "). 95% intervals: Monte Carlo over the rates' Beta posteriors.", "",
-            "| rule | purity | WD completeness | candidates per 10⁶ spectra: WDs / stars A–M / "
-            "OB / hot sd / QSO+galaxy |", "|---|---|---|---|"]
+            "| rule | purity: plug-in (MC median) [95%] | WD completeness | candidates per 10⁶ "
+            "spectra: WDs / stars A–M / OB / hot sd / QSO+galaxy |", "|---|---|---|---|"]
   for name, p in res["purity"].items():
     c = p["candidates_per_million"]
     stars = sum(c.get(k, 0.0) for k in LAMOST_LETTERS)
     lines.append(
-        f"| {name} | {p['purity']:.3f} [{p['purity_95'][0]:.3f}, {p['purity_95'][1]:.3f}] | "
+        f"| {name} | {p['purity']:.3f} ({p['purity_mc_median']:.3f}) "
+        f"[{p['purity_95'][0]:.3f}, {p['purity_95'][1]:.3f}] | "
         f"{p['completeness']:.2f} [{p['completeness_95'][0]:.2f}, {p['completeness_95'][1]:.2f}]"
         f" | {c['white dwarfs']:.0f} / {stars:.0f} / {c.get('OB', 0):.0f} / "
         f"{c.get('hot_subdwarf', 0):.0f} / {c.get('QSO', 0) + c.get('GALAXY', 0):.0f} |")
@@ -582,6 +595,7 @@ def plot(workdir, cells, snrs, lamost_snrs):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker  # pylint: disable=unused-import
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   for ax, labels, title in ((axes[0], WD_ROWS, "white-dwarf recall"),
                             (axes[1], FP_ROWS, "false-positive rate")):
@@ -599,6 +613,7 @@ def plot(workdir, cells, snrs, lamost_snrs):
       ax.errorbar(s, r, yerr=[r - lo, hi - r], marker="o", ms=3, capsize=2, ls=ls, lw=1,
                   label=f"{label} ({pts[0][1]['n_objects']})")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xticks(sorted(set(snrs) | set(lamost_snrs)))
     ax.set_xticklabels([f"{s:g}" for s in sorted(set(snrs) | set(lamost_snrs))])
     ax.set_xlabel("S/N (g band)")
