@@ -184,7 +184,7 @@ def lamost_templates(data_dir):
 
 def converted(spec, snrs, draws, seed, templates, response, observed=None, resolution=None):
   """LAMOST-like draws of one real spectrum (an astrotl.io.Spectrum) at each S/N it
-  reaches: yields (snr, flux, ivar, mask) with (draws, npix) arrays; returns its own S/N."""
+  reaches.  Returns (its own S/N, [(snr, flux, ivar, mask)]) with (draws, npix) arrays."""
   f, v, m = degrade.to_grid(spec.wavelength, spec.flux, spec.ivar, spec.mask, observed,
                             resolution)
   own = float(simulate.measured_snr(f, v, m)[0])
@@ -210,8 +210,8 @@ def lamost_draws(path, snrs, draws, seed):
   for snr in snrs:
     if not own > snr:
       continue
-    f, v, m, ok = degrade.degrade(np.repeat(raw["flux"][None], draws, 0), raw["ivar"],
-                                  raw["mask"], snr, rng_for(seed, path.name, snr), wave)
+    f, v, m, _ = degrade.degrade(np.repeat(raw["flux"][None], draws, 0), raw["ivar"],
+                                 raw["mask"], snr, rng_for(seed, path.name, snr), wave)
     rows.append((snr, np.repeat(raw["u"][None], draws, 0), f, v, m))
   return own, meta, rows
 
