@@ -1,10 +1,10 @@
 """SDSS / BOSS `spec-PLATE-MJD-FIBER.fits[.gz]` files.
 
 Layout (idlspec2d, SDSS-III/IV): HDU1 `COADD` is a table with one row per pixel
-(flux, loglam, ivar, and_mask, or_mask, wdisp, sky, model); HDU2 `SPALL`, when present,
-holds the pipeline's classification.  Wavelengths are vacuum, flux is in
-1e-17 erg/s/cm^2/A.  A pixel is bad where ivar <= 0, flux is not finite, or any
-AND_MASK bit is set (the condition held in every exposure).
+(flux, loglam, ivar, and_mask, or_mask, wdisp, sky, model); HDU2 `SPALL` (BOSS) or
+`SPECOBJ` (SDSS-I/II), when present, holds the pipeline's classification.  Wavelengths
+are vacuum, flux is in 1e-17 erg/s/cm^2/A.  A pixel is bad where ivar <= 0, flux is not
+finite, or any AND_MASK bit is set (the condition held in every exposure).
 """
 
 import gzip
@@ -93,9 +93,11 @@ def _read_open(path, hdus):
 
 
 def _spall_row(hdus, names):
-  if "SPALL" not in names:
+  # BOSS/eBOSS files call the classification HDU SPALL; SDSS-I/II (plates < 3000) SPECOBJ.
+  name = next((n for n in ("SPALL", "SPECOBJ") if n in names), None)
+  if name is None:
     return None
-  table = hdus[names.index("SPALL")].data
+  table = hdus[names.index(name)].data
   if table is None or len(table) == 0:
     return None
   return table[0]

@@ -33,6 +33,7 @@ the 5700-5900 A dichroic join beyond what an ivar template masks; a template's i
 belongs to the star it came from; the companion's own noise is scaled along with it.
 """
 
+import functools
 import importlib.resources
 import pathlib
 
@@ -106,7 +107,6 @@ class Simulator:
     self.resolution = float(resolution)
     self.loglam = spectra.loglam_grid(npix)
     self.wavelength = 10.0 ** self.loglam
-    self._band = (self.wavelength >= SNR_BAND[0]) & (self.wavelength <= SNR_BAND[1])
     self._step = spectra.DLOGLAM / _OVERSAMPLE
     self._fine0 = self.loglam[0] - _MARGIN
     nfine = int(round((self.loglam[-1] - self.loglam[0] + 2 * _MARGIN) / self._step)) + 1
@@ -130,8 +130,6 @@ class Simulator:
     fine_flux /= np.median(fine_flux[:, inside], axis=-1, keepdims=True)
     shape = (self.logg_nodes.size, self.teff_nodes.size, nfine)
     self._log_flux = np.log(fine_flux).reshape(shape).astype(np.float32)
-    x = np.linspace(-1.0, 1.0, npix)
-    self._legendre = np.polynomial.legendre.legvander(x, 3)[:, 1:]
 
   @property
   def teff_range(self):
@@ -209,8 +207,7 @@ class Simulator:
       raise ValueError("companion_ratio > 0 needs a companion spectrum")
 
     wd = self.model(teff, logg, rv).reshape(n, npix)
-    coeffs = rng.normal(0.0, response_sigma, (n, 3))
-    response = np.exp(coeffs @ self._legendre.T)
+    response = legendre_response(rng, n, response_sigma, npix)
     wd = wd * response
     wd *= (level / np.median(wd, axis=-1))[:, None]
     mask = np.zeros((n, npix), bool)
@@ -225,35 +222,16 @@ class Simulator:
       scale = np.where(with_comp, ratio * np.median(wd, axis=-1) / np.where(med > 0, med, 1), 0)
       total = wd + scale[:, None] * comp
 
-    shape = self._noise_shape(total, ivar_template, n, npix)
-    mask |= ~np.isfinite(shape)
-    shape = np.where(mask, np.nan, shape)
-    sigma = shape * (_band_median(total / shape, self._band, mask) / snr)[:, None]
-    noisy = total + sigma * rng.standard_normal((n, npix))
-    ivar = np.where(mask, 0.0, 1.0 / np.where(mask, 1.0, sigma) ** 2)
+    flux, ivar, mask = add_noise(total, snr, rng, ivar_template, mask, self.wavelength)
     return {
-        "flux": np.where(mask, 0.0, noisy).astype(np.float32),
-        "ivar": ivar.astype(np.float32),
+        "flux": flux,
+        "ivar": ivar,
         "mask": mask,
         "model": total.astype(np.float32),
         "response": response.astype(np.float32),
         "teff": teff, "logg": logg, "snr": snr, "rv": rv,
         "companion_ratio": ratio, "flux_level": level,
     }
-
-  def _noise_shape(self, total, ivar_template, n, npix):
-    """Relative sigma per pixel; NaN where the pixel is unusable."""
-    if ivar_template is None:
-      floor = 1e-3 * np.median(total, axis=-1, keepdims=True)
-      return np.sqrt(np.maximum(total, floor))
-    tmpl = np.asarray(ivar_template, np.float64)
-    if tmpl.shape[-1] != npix or tmpl.ndim > 2 or (tmpl.ndim == 2 and tmpl.shape[0] not in (1, n)):
-      raise ValueError(f"ivar_template shape {tmpl.shape} does not fit ({n}, {npix})")
-    tmpl = np.broadcast_to(tmpl, (n, npix))
-    good = np.isfinite(tmpl) & (tmpl > 0)
-    if np.any(~good.any(axis=-1)):
-      raise ValueError("an ivar_template has no pixel with ivar > 0")
-    return np.where(good, 1.0 / np.sqrt(np.where(good, tmpl, 1.0)), np.nan)
 
   def spectrum(self, teff, logg, snr, rng, ivar_template=None, companion=None,
                companion_ratio=0.0, rv=0.0, companion_mask=None, flux_level=100.0,
@@ -321,6 +299,91 @@ class Simulator:
     return out
 
 
+# --- response and noise (shared with astrotl.preprocess.degrade) ---------------------------
+
+@functools.lru_cache(maxsize=8)
+def legendre_basis(npix: int = spectra.NPIX, degree: int = 3) -> np.ndarray:
+  """Legendre P_1..P_degree over x in [-1, 1] across the grid, (npix, degree); read-only."""
+  basis = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, npix), degree)[:, 1:]
+  basis.flags.writeable = False
+  return basis
+
+
+def legendre_response(rng, n: int, sigma: float = 0.1, npix: int = spectra.NPIX) -> np.ndarray:
+  """n random smooth responses exp(sum_k c_k P_k(x)), k = 1..3, c_k ~ N(0, sigma); (n, npix)."""
+  coeffs = rng.normal(0.0, sigma, (n, 3))
+  return np.exp(coeffs @ legendre_basis(npix, 3).T)
+
+
+def snr_band(wavelength) -> np.ndarray:
+  """Pixels of the S/N band (SNR_BAND, like LAMOST's snr_g) for wavelengths in A."""
+  wavelength = np.asarray(wavelength)
+  return (wavelength >= SNR_BAND[0]) & (wavelength <= SNR_BAND[1])
+
+
+def add_noise(total, snr, rng, ivar_template=None, mask=None, wavelength=None,
+              ivar_present=None):
+  """Gaussian noise at S/N `snr` on spectra `total` (n, npix).
+
+  sigma follows 1/sqrt(ivar_template) ((npix,) or (n, npix); its ivar <= 0 pixels become
+  masked), else photon noise sqrt(total), scaled so that the median of total / sigma over
+  the good pixels of SNR_BAND is `snr` (n,).  wavelength: (npix,) or (n, npix) in A,
+  default the common grid.  ivar_present: the noise `total` already carries (a real
+  spectrum); then only the missing variance sigma^2 - 1/ivar_present is added (none where
+  the pixel is already noisier) and the returned ivar is min(1/sigma^2, ivar_present).
+  Returns (flux, ivar, mask): float32, float32, bool, bad pixels with flux 0 and ivar 0.
+  """
+  total = np.asarray(total, np.float64)
+  n, npix = total.shape
+  snr = np.broadcast_to(np.asarray(snr, np.float64), (n,))
+  wavelength = spectra.wavelength_grid(npix) if wavelength is None else wavelength
+  mask = np.zeros((n, npix), bool) if mask is None else np.array(
+      np.broadcast_to(mask, (n, npix)), bool)
+  shape = _noise_shape(total, ivar_template, n, npix)
+  mask |= ~np.isfinite(shape)
+  shape = np.where(mask, np.nan, shape)
+  sigma = shape * (_band_median(total / shape, snr_band(wavelength), mask) / snr)[:, None]
+  if ivar_present is None:
+    noisy = total + sigma * rng.standard_normal((n, npix))
+  else:
+    present = np.broadcast_to(np.asarray(ivar_present, np.float64), (n, npix))
+    mask |= ~(present > 0)
+    var_present = 1.0 / np.where(mask, 1.0, present)
+    noisy = total + np.sqrt(np.maximum(sigma ** 2 - var_present, 0.0)) * rng.standard_normal(
+        (n, npix))
+    sigma = np.sqrt(np.maximum(sigma ** 2, var_present))
+  ivar = np.where(mask, 0.0, 1.0 / np.where(mask, 1.0, sigma) ** 2)
+  return np.where(mask, 0.0, noisy).astype(np.float32), ivar.astype(np.float32), mask
+
+
+def measured_snr(flux, ivar, mask=None, wavelength=None) -> np.ndarray:
+  """S/N as `add_noise` defines it, from data: median of flux * sqrt(ivar) over the good
+  pixels of SNR_BAND (all good pixels if none is in it), per row; (n,)."""
+  flux = np.atleast_2d(np.asarray(flux, np.float64))
+  ivar = np.broadcast_to(np.asarray(ivar, np.float64), flux.shape)
+  bad = ~np.isfinite(flux) | ~(ivar > 0)
+  if mask is not None:
+    bad = bad | np.broadcast_to(np.asarray(mask, bool), flux.shape)
+  wavelength = spectra.wavelength_grid(flux.shape[-1]) if wavelength is None else wavelength
+  ratio = np.where(bad, 0.0, flux) * np.sqrt(np.where(bad, 0.0, ivar))
+  return _band_median(ratio, snr_band(wavelength), bad)
+
+
+def _noise_shape(total, ivar_template, n, npix):
+  """Relative sigma per pixel; NaN where the pixel is unusable."""
+  if ivar_template is None:
+    floor = 1e-3 * np.median(total, axis=-1, keepdims=True)
+    return np.sqrt(np.maximum(total, floor))
+  tmpl = np.asarray(ivar_template, np.float64)
+  if tmpl.shape[-1] != npix or tmpl.ndim > 2 or (tmpl.ndim == 2 and tmpl.shape[0] not in (1, n)):
+    raise ValueError(f"ivar_template shape {tmpl.shape} does not fit ({n}, {npix})")
+  tmpl = np.broadcast_to(tmpl, (n, npix))
+  good = np.isfinite(tmpl) & (tmpl > 0)
+  if np.any(~good.any(axis=-1)):
+    raise ValueError("an ivar_template has no pixel with ivar > 0")
+  return np.where(good, 1.0 / np.sqrt(np.where(good, tmpl, 1.0)), np.nan)
+
+
 def _bracket(nodes, x):
   """Lower node index and weight of the upper node, for linear interpolation."""
   i = np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, nodes.size - 2)
@@ -347,8 +410,9 @@ def _companion(companion, companion_mask, n, npix):
 
 
 def _band_median(x, band, mask):
-  """Median of x over good pixels in the band; over all good pixels if the band has none."""
-  xb = np.where(band[None, :] & ~mask, x, np.nan)
+  """Median of x over good pixels in the band ((npix,) or (n, npix)); over all good
+  pixels if the band has none."""
+  xb = np.where(np.broadcast_to(band, x.shape) & ~mask, x, np.nan)
   empty = np.all(np.isnan(xb), axis=-1)
   xb[empty] = np.where(mask[empty], np.nan, x[empty])
   return np.nanmedian(xb, axis=-1)
