@@ -66,7 +66,6 @@ POPULATION = "A:0.0486,F:0.3499,G:0.2939,K:0.2086,M:0.0680,OB:0.0025,hot_subdwar
 # spectrum here and are left out, so "recall" means recall of DA/DB/DO white dwarfs.
 WD_MIX = "DA:0.90,DB:0.09,DO:0.01"
 SNR_CATALOG = "spectra/catalogs/learninglamost_my_data3.csv.gz"
-THRESHOLD = 0.5  # astrotl.scan --threshold default
 LAMOST_LETTERS = ("A", "F", "G", "K", "M")
 # Which measured rows stand for each population class.
 SOURCE_OF = {"A": "LAMOST A", "F": "LAMOST F", "G": "LAMOST G", "K": "LAMOST K", "M": "LAMOST M",
@@ -109,28 +108,27 @@ def define_flags():
 _MODELS = {}
 
 
-def score(model, flux, ivar, mask, u=None, batch_size=256):
+def score(model, flux, ivar, mask, u=None, batch_size=256, survey_class=None):
   """Scores spectra exactly as `python -m astrotl.scan` does; the only function here that
-  touches the scan (rewire it when the scan changes).
+  touches the scan.
 
-  model: a bundle path, None (the bundled model) or a loaded `astrotl.scan.ScanModel`.
+  model: a bundle path or name, None (the bundled model) or a loaded `astrotl.bundle.Model`.
   flux, ivar, mask: (n, npix) on the common grid (u None), or raw arrays (n, RAW_LEN) at
   grid-pixel positions u, as `astrotl.io.batch.decode` gives them.
-  Returns dict(candidate (n,) bool: P(WD) >= the scan's default threshold and stage 1's
-  class in model.wd_classes; p_wd (n,); stage1 (n, classes) probabilities; pred_class;
-  classes).
+  Returns dict(candidate (n,) bool by the model's own candidate rule (astrotl.rules), as
+  the scan applies it; p_wd (n,); stage1 (n, classes) probabilities; pred_class; classes).
   """
   import jax
-  from astrotl import parallel, scan
+  from astrotl import bundle, parallel, rules
   from astrotl.io import batch as io_batch
-  if not isinstance(model, scan.ScanModel):
-    key = None if model is None else str(model)
+  if not isinstance(model, bundle.Model):
+    key = "wd_two_stage" if model is None else str(model)
     if key not in _MODELS:
-      _MODELS[key] = scan.ScanModel.load(key)
+      _MODELS[key] = bundle.load_model(key)
     model = _MODELS[key]
   if not hasattr(model, "_real_check_fn"):
     mesh = parallel.make_mesh(jax.local_devices())
-    model._real_check_fn = (mesh, model.make_fn(mesh), parallel.replicate(model.variables, mesh))
+    model._real_check_fn = (mesh, model.make_fn(mesh), parallel.replicate(model.variables(), mesh))
   mesh, fn, variables = model._real_check_fn
   n_dev = mesh.devices.size
   batch_size = max(n_dev, batch_size // n_dev * n_dev)
@@ -144,22 +142,29 @@ def score(model, flux, ivar, mask, u=None, batch_size=256):
     flux = np.pad(np.asarray(flux, np.float32), ((0, 0), (0, pad)))
     ivar = np.pad(np.asarray(ivar, np.float32), ((0, 0), (0, pad)))
     mask = np.pad(np.asarray(mask, bool), ((0, 0), (0, pad)), constant_values=True)
-  p1, p2 = [], []
+  u = np.asarray(u, np.float32)
+  wave = 10.0 ** (spectra.LOGLAM0 + spectra.DLOGLAM * u.astype(np.float64))
+  outs = []
   for i in range(0, n, batch_size):
-    host = {"u": np.asarray(u[i:i + batch_size], np.float32),
+    host = {"u": u[i:i + batch_size],
             "flux": np.nan_to_num(np.asarray(flux[i:i + batch_size], np.float32)),
             "ivar": np.nan_to_num(np.asarray(ivar[i:i + batch_size], np.float32)),
             "mask": np.asarray(mask[i:i + batch_size], bool)}
     m = len(host["u"])
+    snr = np.array([spectra.snr(w, f, v, k) for w, f, v, k in
+                    zip(wave[i:i + m], host["flux"], host["ivar"], host["mask"])], np.float32)
     host, _ = parallel.pad_rows(host, batch_size)
     arrays = parallel.shard_batch(host, mesh, batch_size)
-    out = fn(variables, arrays["u"], arrays["flux"], arrays["ivar"], arrays["mask"])
-    p1.append(np.asarray(jax.device_get(out[0]))[:m])
-    p2.append(np.asarray(jax.device_get(out[1]))[:m].astype(np.float32))
-  p1, p2 = np.concatenate(p1), np.concatenate(p2)
-  pred = np.array(model.classes)[p1.argmax(-1)]
-  return {"candidate": (p2 >= THRESHOLD) & np.isin(pred, model.wd_classes), "p_wd": p2,
-          "stage1": p1, "pred_class": pred, "classes": list(model.classes)}
+    out = fn(variables, *(arrays[k] for k in bundle.DEVICE_KEYS))
+    outs.append({"snr": snr, **{k: np.asarray(jax.device_get(v))[:m] for k, v in out.items()}})
+  outs = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+  cols = model.outputs_to_columns(outs)
+  if survey_class is not None:
+    cols["survey_class"] = np.broadcast_to(np.asarray(survey_class, str), (n,))
+  stage1 = next(iter(model.networks))
+  return {"candidate": rules.select(model.rule, cols), "p_wd": cols[model.rule["score"]],
+          "stage1": outs[stage1], "pred_class": cols[model.rule["agree"]],
+          "classes": list(model.classes), "snr": cols["snr"]}
 
 
 # --- the spectra ------------------------------------------------------------------------
@@ -433,12 +438,12 @@ def main(argv):
   command = " ".join(["python experiments/wd_real_check.py"] + sys.argv[1:])
   if set(cv) - cv_used:
     logging.warning("--cv names no object here: %s", sorted(set(cv) - cv_used))
-  from astrotl import scan
-  model = scan.ScanModel.load(FLAGS.model)
+  from astrotl import bundle, rules
+  model = bundle.load_model(FLAGS.model or "wd_two_stage")
   results = {
-      "command": command, "model": _short(model.meta.get("source")), "cv": cv,
+      "command": command, "model": _short(model.source), "cv": cv,
       "cv_keys_matching_no_object": sorted(set(cv) - cv_used),
-      "rule": f"P(WD) >= {THRESHOLD} and stage 1 in {model.wd_classes} (astrotl.scan default)",
+      "rule": rules.describe(model.rule) + " (the model's own rule, as astrotl.scan applies it)",
       "draws": draws, "seed": FLAGS.seed, "response": FLAGS.response, "snrs": snrs,
       "lamost_snrs": lamost_snrs,
       "lamost": {"split": None if FLAGS.lamost_files else FLAGS.lamost_split,
