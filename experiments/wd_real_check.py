@@ -151,8 +151,7 @@ def score(model, flux, ivar, mask, u=None, batch_size=256, survey_class=None):
             "ivar": np.nan_to_num(np.asarray(ivar[i:i + batch_size], np.float32)),
             "mask": np.asarray(mask[i:i + batch_size], bool)}
     m = len(host["u"])
-    snr = np.array([spectra.snr(w, f, v, k) for w, f, v, k in
-                    zip(wave[i:i + m], host["flux"], host["ivar"], host["mask"])], np.float32)
+    snr = spectra.snr(host["flux"], host["ivar"], host["mask"], wave[i:i + m]).astype(np.float32)
     host, _ = parallel.pad_rows(host, batch_size)
     arrays = parallel.shard_batch(host, mesh, batch_size)
     out = fn(variables, *(arrays[k] for k in bundle.DEVICE_KEYS))
@@ -192,7 +191,7 @@ def converted(spec, snrs, draws, seed, templates, response, observed=None, resol
   reaches.  Returns (its own S/N, [(snr, flux, ivar, mask)]) with (draws, npix) arrays."""
   f, v, m = degrade.to_grid(spec.wavelength, spec.flux, spec.ivar, spec.mask, observed,
                             resolution)
-  own = float(simulate.measured_snr(f, v, m)[0])
+  own = spectra.snr(f, v, m)
   out = []
   for snr in snrs:
     if not own >= snr:
@@ -210,7 +209,7 @@ def lamost_draws(path, snrs, draws, seed):
   from astrotl.io import batch as io_batch
   raw, meta = io_batch.decode(path)
   wave = 10.0 ** (spectra.LOGLAM0 + spectra.DLOGLAM * raw["u"].astype(np.float64))
-  own = float(simulate.measured_snr(raw["flux"], raw["ivar"], raw["mask"], wave)[0])
+  own = spectra.snr(raw["flux"], raw["ivar"], raw["mask"], wave)
   rows = [("native",) + tuple(raw[k][None] for k in ("u", "flux", "ivar", "mask"))]
   for snr in snrs:
     if not own > snr:

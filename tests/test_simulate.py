@@ -27,7 +27,7 @@ def _lamost_on_grid(path):
 
 
 def _band(wave):
-  return (wave >= simulate.SNR_BAND[0]) & (wave <= simulate.SNR_BAND[1])
+  return (wave >= spectra.SNR_BAND[0]) & (wave <= spectra.SNR_BAND[1])
 
 
 def test_shapes_finite_and_deterministic(sim):

@@ -41,7 +41,7 @@ def template(shared_data):
 
 
 def _band(wave):
-  return (wave >= simulate.SNR_BAND[0]) & (wave <= simulate.SNR_BAND[1])
+  return (wave >= spectra.SNR_BAND[0]) & (wave <= spectra.SNR_BAND[1])
 
 
 def test_calspec_reader(shared_data, tmp_path):
@@ -107,7 +107,7 @@ def test_noise_measures_the_requested_snr(shared_data, calspec_rows, template, s
   band = _band(spectra.wavelength_grid())
   good = ~mask
   # the definition (median flux/sigma over good g-band pixels) on the noisy spectra
-  measured = simulate.measured_snr(flux, ivar, mask)
+  measured = spectra.snr(flux, ivar, mask)
   assert np.median(measured) == pytest.approx(snr, rel=0.05)
   # and independently: the noise really has sigma = 1/sqrt(ivar)
   pull = ((flux - model[0]) * np.sqrt(ivar))[good & band]
@@ -149,7 +149,7 @@ def test_sdss_conversion(shared_data, template):
   flux, ivar, mask = degrade.lamost_like(s.wavelength, s.flux, 0, np.full(5, 10.0), template,
                                          s.mask, s.ivar, resolution=real_spectra.SDSS_R)
   assert np.all(np.isfinite(flux)) and flux.shape == (5, spectra.NPIX)
-  assert np.median(simulate.measured_snr(flux, ivar, mask)) == pytest.approx(10.0, rel=0.05)
+  assert np.median(spectra.snr(flux, ivar, mask)) == pytest.approx(10.0, rel=0.05)
   # an S/N above the spectrum's own cannot be made
   q = sdss.read(shared_data / FAINT_QSO)
   with pytest.raises(ValueError, match="exceeds"):
@@ -160,12 +160,12 @@ def test_sdss_conversion(shared_data, template):
 def test_degrade_a_real_lamost_star(shared_data):
   s = aio.read(shared_data / TEMPLATE)
   f, v, m = spectra.resample(np.log10(s.wavelength), s.flux, s.ivar, s.mask)
-  own = simulate.measured_snr(f, v, m)[0]
+  own = spectra.snr(f, v, m)
   flux, ivar, mask, done = degrade.degrade(np.repeat(f[None], 30, 0), v, m,
                                            np.r_[np.full(29, 10.0), 2 * own], 5)
   assert done[:29].all() and not done[29]
   np.testing.assert_array_equal(flux[29], np.where(m, 0, f))
-  assert np.median(simulate.measured_snr(flux[:29], ivar[:29], mask[:29])) == pytest.approx(
+  assert np.median(spectra.snr(flux[:29], ivar[:29], mask[:29])) == pytest.approx(
       10.0, rel=0.05)
   good = ~mask[0]
   ratio = ivar[0][good] / v[good]  # the star's own noise shape, scaled

@@ -31,7 +31,7 @@ def raw_arrays(s: aio.Spectrum, raw_len: int = RAW_LEN, path="spectrum"):
     raise aio.SpectrumError(path, f"wavelength range {s.wavelength[0]:.0f}-{s.wavelength[-1]:.0f} A "
                             "does not overlap the common grid (3700-9100 A)")
   lo, hi = keep[0], keep[-1] + 1
-  snr = spectra.snr(s.wavelength, s.flux, s.ivar, s.mask)
+  snr = spectra.snr(s.flux, s.ivar, s.mask, s.wavelength)
   u, flux, ivar, mask = u[lo:hi], s.flux[lo:hi], s.ivar[lo:hi], s.mask[lo:hi]
   if len(u) > raw_len:
     flux, ivar, mask = spectra.resample_pixels(u, flux, ivar, mask)

@@ -143,7 +143,7 @@ def lamost_like(wave, flux, rng, snr, ivar_template, mask=None, ivar=None,
   `simulate.Simulator.model`, or `to_grid`'s output).  Otherwise (wave, flux, ivar, mask)
   is one native spectrum, put on the grid by `to_grid(..., observed, resolution)` first.
   ivar: the noise the input already has (None = noise-free); a requested S/N above the
-  input's own (`simulate.measured_snr`) raises ValueError.  ivar_template: LAMOST ivar
+  input's own (`spectra.snr`) raises ValueError.  ivar_template: LAMOST ivar
   pattern(s) on the grid, (npix,) or (n, npix).  response: see `response_curves`.
   Returns (flux, ivar, mask), each (n, npix): float32, float32, bool (True = bad).
   """
@@ -163,7 +163,7 @@ def lamost_like(wave, flux, rng, snr, ivar_template, mask=None, ivar=None,
   present = None
   if ivar is not None:
     ivar = np.broadcast_to(np.asarray(ivar, np.float64), (n, npix))
-    native = simulate.measured_snr(flux, ivar, mask)
+    native = spectra.snr(flux, ivar, mask)
     if np.any(~(native >= snr)):
       raise ValueError(f"requested S/N {snr.max():g} exceeds the input's own "
                        f"({np.nanmin(native):.1f}); such draws cannot be made")
@@ -190,7 +190,7 @@ def degrade(flux, ivar, mask, snr, rng, wavelength=None):
                                                                        (n, m))
   snr = np.broadcast_to(np.asarray(snr, np.float64), (n,))
   wavelength = spectra.wavelength_grid(m) if wavelength is None else wavelength
-  native = simulate.measured_snr(flux, ivar, mask, wavelength)
+  native = spectra.snr(flux, ivar, mask, wavelength)
   degraded = native > snr
   out_m = mask | ~np.isfinite(flux) | ~(ivar > 0)
   out_f = np.where(out_m, 0.0, flux).astype(np.float32)

@@ -45,7 +45,6 @@ from astrotl.preprocess import spectra
 
 C_KMS = 299792.458
 LAMOST_R = 1800.0
-SNR_BAND = (4000.0, 5500.0)
 BUNDLED = "warwick_da_3000_10000.npz"
 # Fine grid for convolution and RV shifts: 4 samples per common-grid pixel.
 _OVERSAMPLE = 4
@@ -315,19 +314,13 @@ def legendre_response(rng, n: int, sigma: float = 0.1, npix: int = spectra.NPIX)
   return np.exp(coeffs @ legendre_basis(npix, 3).T)
 
 
-def snr_band(wavelength) -> np.ndarray:
-  """Pixels of the S/N band (SNR_BAND, like LAMOST's snr_g) for wavelengths in A."""
-  wavelength = np.asarray(wavelength)
-  return (wavelength >= SNR_BAND[0]) & (wavelength <= SNR_BAND[1])
-
-
 def add_noise(total, snr, rng, ivar_template=None, mask=None, wavelength=None,
               ivar_present=None):
   """Gaussian noise at S/N `snr` on spectra `total` (n, npix).
 
   sigma follows 1/sqrt(ivar_template) ((npix,) or (n, npix); its ivar <= 0 pixels become
   masked), else photon noise sqrt(total), scaled so that the median of total / sigma over
-  the good pixels of SNR_BAND is `snr` (n,).  wavelength: (npix,) or (n, npix) in A,
+  the good pixels of spectra.SNR_BAND is `snr` (n,).  wavelength: (npix,) or (n, npix) in A,
   default the common grid.  ivar_present: the noise `total` already carries (a real
   spectrum); then only the missing variance sigma^2 - 1/ivar_present is added (none where
   the pixel is already noisier) and the returned ivar is min(1/sigma^2, ivar_present).
@@ -342,7 +335,8 @@ def add_noise(total, snr, rng, ivar_template=None, mask=None, wavelength=None,
   shape = _noise_shape(total, ivar_template, n, npix)
   mask |= ~np.isfinite(shape)
   shape = np.where(mask, np.nan, shape)
-  sigma = shape * (_band_median(total / shape, snr_band(wavelength), mask) / snr)[:, None]
+  band = spectra.snr_band(wavelength)
+  sigma = shape * (spectra.band_median(total / shape, band, mask) / snr)[:, None]
   if ivar_present is None:
     noisy = total + sigma * rng.standard_normal((n, npix))
   else:
@@ -354,19 +348,6 @@ def add_noise(total, snr, rng, ivar_template=None, mask=None, wavelength=None,
     sigma = np.sqrt(np.maximum(sigma ** 2, var_present))
   ivar = np.where(mask, 0.0, 1.0 / np.where(mask, 1.0, sigma) ** 2)
   return np.where(mask, 0.0, noisy).astype(np.float32), ivar.astype(np.float32), mask
-
-
-def measured_snr(flux, ivar, mask=None, wavelength=None) -> np.ndarray:
-  """S/N as `add_noise` defines it, from data: median of flux * sqrt(ivar) over the good
-  pixels of SNR_BAND (all good pixels if none is in it), per row; (n,)."""
-  flux = np.atleast_2d(np.asarray(flux, np.float64))
-  ivar = np.broadcast_to(np.asarray(ivar, np.float64), flux.shape)
-  bad = ~np.isfinite(flux) | ~(ivar > 0)
-  if mask is not None:
-    bad = bad | np.broadcast_to(np.asarray(mask, bool), flux.shape)
-  wavelength = spectra.wavelength_grid(flux.shape[-1]) if wavelength is None else wavelength
-  ratio = np.where(bad, 0.0, flux) * np.sqrt(np.where(bad, 0.0, ivar))
-  return _band_median(ratio, snr_band(wavelength), bad)
 
 
 def _noise_shape(total, ivar_template, n, npix):
@@ -407,12 +388,3 @@ def _companion(companion, companion_mask, n, npix):
   if companion_mask is not None:
     bad = bad | np.broadcast_to(np.asarray(companion_mask, bool), (n, npix))
   return np.where(bad, 0.0, comp), bad
-
-
-def _band_median(x, band, mask):
-  """Median of x over good pixels in the band ((npix,) or (n, npix)); over all good
-  pixels if the band has none."""
-  xb = np.where(np.broadcast_to(band, x.shape) & ~mask, x, np.nan)
-  empty = np.all(np.isnan(xb), axis=-1)
-  xb[empty] = np.where(mask[empty], np.nan, x[empty])
-  return np.nanmedian(xb, axis=-1)

@@ -332,22 +332,41 @@ def _block_weights(n, nblock, block):
 # --- what a network sees ---------------------------------------------------------------
 
 # LAMOST's snr_g band; the S/N of a spectrum is the median of flux * sqrt(ivar) over its
-# good pixels here, so spectra from any survey (or simulated) are measured alike.
+# good pixels here, so spectra from any survey, simulated or degraded are measured alike.
 SNR_BAND = (4000.0, 5500.0)
 
 
-def snr(wavelength, flux, ivar, mask=None) -> float:
-  """Median flux / sigma over the good pixels of one spectrum in SNR_BAND (any pixel
-  grid); 0 when the band has no good pixel.  Computed on the host: a median is a sort on
-  an accelerator, and np.median's selection is nearly free."""
-  wavelength, flux, ivar = (np.asarray(a) for a in (wavelength, flux, ivar))
-  good = ((wavelength >= SNR_BAND[0]) & (wavelength <= SNR_BAND[1]) & np.isfinite(flux)
-          & np.isfinite(ivar) & (ivar > 0))
+def snr_band(wavelength) -> np.ndarray:
+  """Pixels of the S/N band (SNR_BAND, like LAMOST's snr_g) for wavelengths in A."""
+  wavelength = np.asarray(wavelength)
+  return (wavelength >= SNR_BAND[0]) & (wavelength <= SNR_BAND[1])
+
+
+def band_median(x, band, mask):
+  """Median of x over good pixels in the band ((npix,) or (n, npix)); over all good
+  pixels if the band has none; NaN if none is good."""
+  xb = np.where(np.broadcast_to(band, x.shape) & ~mask, x, np.nan)
+  empty = np.all(np.isnan(xb), axis=-1)
+  xb[empty] = np.where(mask[empty], np.nan, x[empty])
+  with np.errstate(all="ignore"):
+    return _nanmedian(xb, np)
+
+
+def snr(flux, ivar, mask=None, wavelength=None):
+  """S/N of spectra from their data: the median of flux * sqrt(ivar) over the good pixels
+  of SNR_BAND (all good pixels if none is in it), 0 if no pixel is good.  (n, m) -> (n,),
+  or (m,) -> a float; wavelength in A, default the common grid.  A host computation: a
+  median is a sort on an accelerator, and numpy's selection is nearly free."""
+  one = np.ndim(flux) == 1
+  flux = np.atleast_2d(np.asarray(flux, np.float64))
+  ivar = np.broadcast_to(np.asarray(ivar, np.float64), flux.shape)
+  bad = ~np.isfinite(flux) | ~(ivar > 0)
   if mask is not None:
-    good &= ~np.asarray(mask, bool)
-  if not good.any():
-    return 0.0
-  return float(np.median(flux[good] * np.sqrt(ivar[good])))
+    bad = bad | np.broadcast_to(np.asarray(mask, bool), flux.shape)
+  wavelength = wavelength_grid(flux.shape[-1]) if wavelength is None else wavelength
+  ratio = np.where(bad, 0.0, flux) * np.sqrt(np.where(bad, 0.0, ivar))
+  out = np.nan_to_num(band_median(ratio, snr_band(wavelength), bad), nan=0.0)
+  return float(out[0]) if one else out
 
 
 def binned(a, size: int, xp=np):
