@@ -22,6 +22,11 @@ SDSS_OTHERS = "spectra/real_wd_validation/sdss_qso_galaxies"
 SDSS_WD = "spectra/sdss_boss/spec-4455-55539-0692.fits.gz"
 SDSS_R = 2000.0  # BOSS wdisp gives R = 1700-2250 (experiments/wd_simulator_check.py)
 
+# Objects no white-dwarf model is ever trained on (wd_search.py leaves them out of every
+# fold and of the shipped model), so that tests/test_wd_real.py checks the shipped model on
+# objects it has never seen: a textbook DA, an sdB, and a LAMOST G star.
+RESERVED = ("grw_70d5824", "hz44", "lamost_dr1_pilot_B6212/spec-55862-B6212_sp06-093.fits.gz")
+
 
 def shared_data(path=None) -> pathlib.Path:
   """--data_dir, else $ASTROTL_SHARED_DATA, else ../shared/data beside the checkout."""

@@ -314,6 +314,8 @@ def purity(cells, snrs, population, wd_fraction, wd_mix, snr_mix, n_mc, seed, mi
   tp_point, tp_mc = wd_fraction * wd_point, wd_fraction * wd_mc
   pur_mc = tp_mc / np.maximum(tp_mc + fp_mc, 1e-300)
   return {
+      "false_positive_rate": {"value": fp_point / other,
+                              "95": np.percentile(fp_mc / other, [2.5, 97.5]).tolist()},
       "purity": tp_point / (tp_point + fp_point) if tp_point + fp_point > 0 else float("nan"),
       "purity_mc_median": float(np.median(pur_mc)),
       "purity_95": np.percentile(pur_mc, [2.5, 97.5]).tolist(),

@@ -1,180 +1,229 @@
-"""White-dwarf search (Tan et al. 2023): 7-class stage 1, then transfer to a binary
-white-dwarf classifier, versus training it from scratch.
+"""White-dwarf search (Tan et al. 2023), trained to hold on real spectra.
 
   python experiments/wd_search.py --config=astrotl/configs/wd_search.py \
       --workdir=workdir/wd_search --bundle=astrotl/data/models/wd_two_stage.npz
 
-Real: the LAMOST A-M stars (built into the lamost_lrs `mirror` dataset from
---spectra_dir) and the SDSS white dwarf used as a last check.  Simulated: every
-LAMOST-like white dwarf (DA) and DA+M binary, from astrotl.preprocess.simulate with
-ivar patterns and M-dwarf companions taken from real stars of the same split.
+Stage 1 is a 9-class stellar classifier (A, F, G, K, M, OB, sdOB, WD, WD+M); stage 2, the
+binary white-dwarf classifier, is stage 1's conv trunk, frozen, with its own dense layer
+and head (so the scan runs the trunk once for both).  Training spectra, all made
+LAMOST-like by the same steps (`astrotl.preprocess.degrade`: the measured LAMOST
+response, noise of real LAMOST ivar shapes down to S/N 4, and half of them blurred to a
+resolving power between CALSPEC's and LAMOST's), so that no class can be told by its
+source:
 
-Writes results.json, learning_curve.png, reliability.png and sdss_wd.png into
---workdir, and (with --bundle) the calibrated two-stage model the scan uses.
+- real LAMOST A-M stars, at their own S/N and degraded copies;
+- real HST CALSPEC white dwarfs (DA, DB, DO), hot subdwarfs, O/B, A, F/G/K and M stars
+  (`../shared/data/spectra/real_wd_validation`), many noisy draws of each;
+- simulated DA white dwarfs and DA+M binaries (Warwick models, real M-dwarf companions).
+
+Every real object (a LAMOST star, grouped by designation; a CALSPEC object) is in one of
+--folds folds.  Fold k's model trains on the other folds; `cv.json` maps every object to
+the model that never saw it, and `experiments/wd_real_check.py --cv=cv.json` scores each
+object with it.  The shipped model trains on all folds.  The objects in
+`real_spectra.RESERVED` are in no fold and no training set, so the tests check the shipped
+model on objects it never saw.  The stage-2 study (transfer vs scratch, N target labels)
+runs on fold 0: source = fold 0's stage 1, test = fold 0's held-out objects.
+
+  --annotate=<wd_real_check results.json> writes the measured false-positive rate and the
+  expected purity into the bundle's metadata (the scan reports them).
 """
 
 import json
 import pathlib
+import sys
 import time
+import zlib
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from astrotl import checkpoint, metrics, parallel, surgery, train
-from astrotl.preprocess import simulate, spectra
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import real_spectra  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from astrotl import bundle, checkpoint, metrics, train  # noqa: E402
+from astrotl.preprocess import degrade, simulate, spectra  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "astrotl/configs/wd_search.py[:arg]")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/wd_search", "Outputs go here.")
-_SPECTRA = flags.DEFINE_string("spectra_dir", None, "LAMOST spectra folder (default: "
-                               "../shared/data/spectra beside the checkout, else the bundled sample).")
-_SDSS_WD = flags.DEFINE_string("sdss_wd", None, "A real SDSS white-dwarf spec file to score.")
-_BUNDLE = flags.DEFINE_string("bundle", None, "Write the calibrated two-stage model here (.npz).")
-_EVALUATE = flags.DEFINE_string("evaluate", None, "Only evaluate this model bundle on the same "
-                                "splits (no training); writes bundle_eval.json.")
+_DATA = flags.DEFINE_string("data_dir", None, "Shared data (default ../shared/data).")
+_BUNDLE = flags.DEFINE_string("bundle", None, "Write the shipped two-stage model here (.npz).")
+_ONLY = flags.DEFINE_list("only", ["folds", "final", "study"], "Parts to run.")
+_ANNOTATE = flags.DEFINE_string("annotate", None, "wd_real_check results.json whose rates "
+                                "go into --bundle's metadata (nothing is trained).")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+LETTER_CLASSES = ("A", "F", "G", "K", "M")
+CALSPEC_LABEL = {"WD": "WD", "hot_subdwarf": "sdOB", "OB": "OB", "A": "A"}
+INT8 = (r"stage[12]/params/dense/kernel",)  # 95% of the parameters; 4x smaller as int8
 
 
-def _default_spectra_dir():
-  shared = REPO.parent / "shared" / "data" / "spectra"
-  if shared.is_dir():
-    return shared
-  from astrotl import data
-  return data.sample_dir("spectra")
+# --- the real objects ---------------------------------------------------------------------
 
-
-def load_real(spectra_dir, data_dir, classes):
-  """Real LAMOST stars per split through the lamost_lrs dataset (mirror config)."""
-  import tensorflow_datasets as tfds
-  from astrotl import datasets
-  from astrotl.datasets.lamost_lrs import Builder
-  builder = Builder(config="mirror", data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(spectra_dir)))
-  mapping = {name: (name,) for name in classes if name in spectra.SUBTYPE_BASE}
-  out = {}
-  for split in builder.info.splits:
-    d = datasets.as_numpy("lamost_lrs/mirror", split, data_dir=str(data_dir))
-    label = np.array([_index(c, s, mapping, classes) for c, s in zip(d["class"], d["subclass"])])
-    keep = label >= 0
-    logging.info("%s: %d real stars kept, %d outside %s", split, keep.sum(), (~keep).sum(), classes)
-    out[split] = {"flux": d["flux"][keep], "ivar": d["ivar"][keep], "mask": d["mask"][keep],
-                  "y": label[keep], "subclass": d["subclass"][keep], "file": d["file"][keep]}
+def real_objects(data_dir, classes):
+  """Every usable real object: dicts of key (the --cv key of wd_real_check), group (one
+  per physical star), label, source ("LAMOST" / "CALSPEC") and its spectrum on the grid
+  (flux, ivar, mask at its own S/N; CALSPEC at its own resolution)."""
+  from astrotl import io as aio
+  from astrotl.io import calspec
+  out = []
+  for row in real_spectra.lamost_files(data_dir, "all"):
+    s = aio.read(row["path"])
+    letter = spectra.spectral_letter(s.meta.get("subclass") or "")
+    if (s.meta.get("class") or "").upper() != "STAR" or letter not in LETTER_CLASSES:
+      continue
+    f, v, m = spectra.resample(np.log10(s.wavelength), s.flux, s.ivar, s.mask)
+    group = s.meta.get("designation") or row["object"]
+    out.append({"key": row["object"], "group": f"lamost:{group}", "label": letter,
+                "source": "LAMOST", "flux": f, "ivar": v, "mask": m})
+  for row in real_spectra.calspec_files(data_dir):
+    label = CALSPEC_LABEL.get(row["group"])
+    if row["group"] in ("FGK", "M_L_T"):
+      label = spectra.spectral_letter(row["subtype"])
+    if label not in classes:
+      continue  # the PN nucleus; L/T dwarfs
+    s = calspec.read(row["path"])
+    f, v, m = degrade.to_grid(s.wavelength, s.flux, s.ivar, s.mask, row["observed"])
+    out.append({"key": row["object"], "group": f"calspec:{row['object']}", "label": label,
+                "source": "CALSPEC", "subtype": row["subtype"], "flux": f, "ivar": v, "mask": m})
   return out
 
 
-def _index(cls, subclass, mapping, classes):
-  i = spectra.class_index(cls, subclass, mapping)
-  return -1 if i is None else classes.index(list(mapping)[i])
+def reserved(obj):
+  return obj["key"] in real_spectra.RESERVED
 
 
-def simulate_split(sim, real, n_wd, n_wdm, config, seed):
-  """Simulated DA and DA+M spectra whose noise patterns and companions come from `real`."""
+def assign_folds(objects, k, seed):
+  """group -> fold, every label's groups spread evenly over the folds."""
   rng = np.random.default_rng(seed)
-  common = dict(teff_range=tuple(config.teff_range), snr_range=tuple(config.snr_range),
-                ivar_templates=real["ivar"])
-  wd = sim.sample(n_wd, rng, **common)
-  m_stars = real["y"] == config.classes.index("M")
-  if not m_stars.any():
-    raise ValueError("no real M stars in this split: DA+M binaries need M-dwarf companions")
-  wdm = sim.sample(n_wdm, rng, companions=real["flux"][m_stars],
-                   companion_masks=real["mask"][m_stars], companion_fraction=1.0, **common)
-  return wd, wdm
+  by_label = {}
+  for o in objects:
+    if not reserved(o):
+      by_label.setdefault(o["label"], set()).add(o["group"])
+  fold = {}
+  offset = 0
+  for label in sorted(by_label):
+    groups = sorted(by_label[label])
+    rng.shuffle(groups)
+    for i, g in enumerate(groups):
+      fold.setdefault(g, (i + offset) % k)
+    offset += len(groups)
+  return fold
 
 
-def calibrate_bundle(config, data, target, s1, s2_model, v1, best_bundle):
-  """Temperature scaling, test scores and the SDSS white dwarf for the weights that ship."""
-  classes = list(config.classes)
-  # The bundle stores the big dense kernels as int8 (see checkpoint.save_bundle): calibrate
-  # and evaluate exactly the weights that ship.
-  v1, best_bundle = shipped(v1, best_bundle)
-  z_val = logits("cnn1d", s1.model_config, v1, data["validation"]["x"])
-  t1 = metrics.fit_temperature(z_val, data["validation"]["y"])
-  # Calibrate the bundled stage 2 on validation, check it on test.
-  z_val2 = logits("cnn1d", s2_model, best_bundle, target["validation"]["x"])
-  t2 = metrics.fit_temperature(z_val2, target["validation"]["y"])
-  z_test2 = logits("cnn1d", s2_model, best_bundle, target["test"]["x"])
-  rel_raw = metrics.reliability(metrics.softmax(z_test2)[:, 1], target["test"]["y"] == 1)
-  rel_cal = metrics.reliability(metrics.softmax(z_test2, t2)[:, 1], target["test"]["y"] == 1)
-  bundle_test = binary_report(metrics.softmax(z_test2, t2)[:, 1], target["test"]["y"],
-                              config.threshold)
+# --- LAMOST-like training spectra ---------------------------------------------------------
 
-  # The one real white dwarf: SDSS BOSS, resampled to the LAMOST grid.
-  sdss_path = _SDSS_WD.value or (REPO.parent / "shared/data/spectra/sdss_boss/spec-4455-55539-0692.fits.gz")
-  sdss_result = None
-  if pathlib.Path(sdss_path).exists():
-    x = read_sdss_inputs(sdss_path)
-    p1 = metrics.softmax(logits("cnn1d", s1.model_config, v1, x), t1)[0]
-    p2 = metrics.softmax(logits("cnn1d", s2_model, best_bundle, x), t2)[0, 1]
-    sdss_result = {"file": str(sdss_path), "stage1": dict(zip(classes, p1.tolist())),
-                   "p_wd": float(p2)}
-    logging.info("SDSS white dwarf: P(WD) = %.3f, stage 1 %s", p2, sdss_result["stage1"])
-
-  result = {"temperature_stage1": t1, "temperature_stage2": t2, "test": bundle_test,
-            "ece_raw": rel_raw["ece"], "ece_calibrated": rel_cal["ece"]}
-  return result, sdss_result, (rel_raw, rel_cal), v1, best_bundle, t1
+def _rng(seed, *parts):
+  return np.random.default_rng([seed] + [zlib.crc32(str(p).encode()) for p in parts])
 
 
-def make_data(config, workdir):
-  """Real stars per split and the stage-1 arrays (real + simulated), deterministic."""
-  classes = list(config.classes)
-  real = load_real(_SPECTRA.value or _default_spectra_dir(), workdir / "tfds", classes)
+def _snr_draws(rng, n, own, config):
+  """n S/N values log-uniform in config.snr_range, each below its spectrum's own S/N."""
+  hi = np.minimum(np.broadcast_to(np.asarray(own, float), (n,)), config.snr_range[1])
+  lo = np.minimum(config.snr_range[0], hi)
+  return np.exp(rng.uniform(np.log(np.maximum(lo, 1e-3)), np.log(np.maximum(hi, 1e-3)), n))
+
+
+def _blurred(rng, flux, ivar, mask, config):
+  """Half of the spectra (config.blur_fraction) at R uniform in config.blur_resolution."""
+  n = len(flux)
+  r = np.where(rng.random(n) < config.blur_fraction,
+               rng.uniform(*config.blur_resolution, n), np.inf)
+  return degrade.blur(flux, ivar, mask, r)
+
+
+def augment(obj, templates, config, seed):
+  """LAMOST-like training spectra of one real object: (flux, ivar, mask) (n, npix)."""
+  rng = _rng(seed, obj["key"])
+  own = spectra.snr(obj["flux"], obj["ivar"], obj["mask"])
+  if obj["source"] == "LAMOST":
+    n = config.lamost_copies
+    rep = lambda a: np.repeat(a[None], n, 0)
+    f, v, m = _blurred(rng, rep(obj["flux"]), rep(obj["ivar"]), rep(obj["mask"]), config)
+    own = spectra.snr(f, v, m)
+    f, v, m, _ = degrade.degrade(f, v, m, _snr_draws(rng, n, own, config), rng)
+    # A mild extra response: real stars already carry LAMOST's own.
+    curves = simulate.legendre_response(rng, n, config.real_response_sigma)
+    f, v = f * curves, v / curves ** 2
+    return tuple(np.concatenate([a[None], b]) for a, b in
+                 ((obj["flux"], f), (obj["ivar"], v), (obj["mask"], m)))
+  n = config.calspec_draws
+  snr = _snr_draws(rng, n, own, config)
+  tmpl = templates[rng.integers(0, len(templates), n)]
+  return degrade.lamost_like(None, obj["flux"], rng, snr, tmpl, mask=obj["mask"],
+                             ivar=obj["ivar"], response="empirical")
+
+
+def simulated(n_wd, n_wdm, companions, templates, config, seed):
+  """Simulated DA white dwarfs and DA+M binaries, made LAMOST-like like the real spectra."""
   sim = simulate.Simulator()
-  data = {}
-  for i, split in enumerate(("train", "validation", "test")):
-    scale = 1.0 if split == "train" else 0.5
-    wd, wdm = simulate_split(sim, real[split], int(config.n_sim_wd * scale),
-                             int(config.n_sim_wdm * scale), config, seed=100 + i)
-    data[split] = assemble(real[split], wd, wdm, classes)
-  return real, data
+  rng = _rng(seed, "simulated")
+  out = []
+  for n, with_m in ((n_wd, False), (n_wdm, True)):
+    if n == 0:
+      out.append((np.zeros((0, sim.loglam.size), np.float32),) * 3)
+      continue
+    teff = np.exp(rng.uniform(*np.log(config.teff_range), n))
+    logg = rng.uniform(*config.logg_range, n)
+    model = sim.model(teff, logg, rng.uniform(-100, 100, n))
+    mask = np.zeros(model.shape, bool)
+    if with_m:
+      comp, cmask = companions
+      pick = rng.integers(0, len(comp), n)
+      c = np.where(cmask[pick], 0.0, comp[pick])
+      med = np.array([np.median(row[~bad]) for row, bad in zip(c, cmask[pick])])
+      ratio = np.exp(rng.uniform(np.log(0.1), np.log(3.0), n))
+      model = model + (ratio / med)[:, None] * c
+      mask = cmask[pick]
+    model, _, mask = _blurred(rng, model, np.ones_like(model), mask, config)  # before noise
+    snr = np.exp(rng.uniform(*np.log(config.snr_range), n))
+    tmpl = templates[rng.integers(0, len(templates), n)]
+    out.append(degrade.lamost_like(None, model, rng, snr, tmpl, mask=mask, response="empirical"))
+  return out
 
 
-def evaluate_bundle(path, config, real, data, workdir):
-  """The shipped model as the scan uses it: stage 2 alone and the two-stage rule on the
-  test split, the false-positive rate on real test stars, and the SDSS white dwarf."""
-  from astrotl import bundle
-  model = bundle.load_model(path)
+def build(objects, groups, templates, config, seed):
+  """Network inputs x, labels y (stage-1 class index) and source of every training spectrum
+  from the objects of `groups` and fresh simulations."""
   classes = list(config.classes)
-  x, y = data["test"]["x"], data["test"]["y"]
-  wd_idx = [classes.index(c) for c in model.rule["classes"]]
-
-  def probs(stage, inputs):  # calibrated class probabilities, as the scan computes them
-    net = model.networks[stage]
-    return metrics.softmax(train.predict(net.model, net.variables, inputs), net.temperature)
-
-  p1, p2 = probs("stage1", x), probs("stage2", x)[:, 1]
-  truth = np.isin(y, wd_idx).astype(int)
-  real_star = np.arange(len(y)) < len(real["test"]["y"])  # assemble() puts real stars first
-  out = {"model": str(path), "n_test": int(len(y)), "n_real_stars": int(real_star.sum()),
-         "stage1_accuracy": metrics.accuracy(y, p1.argmax(-1))}
-  for rule, flag in (("stage2_only", p2 >= config.threshold),
-                     ("two_stage", (p2 >= config.threshold) & np.isin(p1.argmax(-1), wd_idx))):
-    rep = binary_report(flag.astype(float), truth, 0.5)
-    rep["false_positive_rate_real_stars"] = float(flag[real_star].mean())
-    out[rule] = rep
-  sdss = _SDSS_WD.value or (REPO.parent / "shared/data/spectra/sdss_boss/spec-4455-55539-0692.fits.gz")
-  if pathlib.Path(sdss).exists():
-    xs = read_sdss_inputs(sdss)
-    q1, q2 = probs("stage1", xs)[0], probs("stage2", xs)[0, 1]
-    out["sdss_white_dwarf"] = {"p_wd": float(q2), "stage1": dict(zip(classes, q1.tolist()))}
-  out["command"] = (f"python experiments/wd_search.py --config=astrotl/configs/wd_search.py "
-                    f"--workdir={workdir} --evaluate={path}")
-  (workdir / "bundle_eval.json").write_text(json.dumps(out, indent=1, default=_json))
-  logging.info("bundle evaluation: %s", json.dumps(out, default=_json))
+  xs, ys, src = [], [], []
+  for o in objects:
+    if o["group"] in groups:
+      f, v, m = augment(o, templates, config, seed)
+      xs.append(spectra.tan_normalise(f, m).astype(np.float32))
+      ys.append(np.full(len(f), classes.index(o["label"])))
+      src += [o["source"]] * len(f)
+  # Companions of the DA+M binaries: real M dwarfs of these groups only.
+  m_stars = [o for o in objects if o["group"] in groups and o["source"] == "LAMOST"
+             and o["label"] == "M"]
+  scale = len(groups) / max(len({o["group"] for o in objects}), 1)
+  n_wdm = int(config.n_sim_wdm * scale) if m_stars else 0
+  companions = (np.stack([o["flux"] for o in m_stars]),
+                np.stack([o["mask"] for o in m_stars])) if m_stars else None
+  sims = simulated(int(config.n_sim_wd * scale), n_wdm, companions, templates, config, seed)
+  for (f, v, m), label in zip(sims, ("WD", "WD+M")):
+    if not len(f):
+      continue
+    xs.append(spectra.tan_normalise(f, m).astype(np.float32))
+    ys.append(np.full(len(f), classes.index(label)))
+    src += ["simulated"] * len(f)
+  return {"x": np.concatenate(xs), "y": np.concatenate(ys).astype(np.int32),
+          "source": np.asarray(src)}
 
 
-def tan_inputs(flux, mask):
-  return spectra.tan_normalise(flux, mask).astype(np.float32)
+def split_validation(groups, objects, fraction, seed):
+  """(train groups, validation groups): a fraction of every label's groups for validation."""
+  rng = np.random.default_rng(seed)
+  label = {o["group"]: o["label"] for o in objects}
+  val = set()
+  for lab in sorted(set(label[g] for g in groups)):
+    gs = sorted(g for g in groups if label[g] == lab)
+    rng.shuffle(gs)
+    val |= set(gs[:max(1, int(round(fraction * len(gs))))] if len(gs) > 2 else [])
+  return set(groups) - val, val
 
 
-def assemble(real, wd, wdm, classes):
-  x = np.concatenate([tan_inputs(real["flux"], real["mask"]), tan_inputs(wd["flux"], wd["mask"]),
-                      tan_inputs(wdm["flux"], wdm["mask"])])
-  y = np.concatenate([real["y"], np.full(len(wd["flux"]), classes.index("WD")),
-                      np.full(len(wdm["flux"]), classes.index("WD+M"))])
-  return {"x": x, "y": y.astype(np.int32)}
-
+# --- training -----------------------------------------------------------------------------
 
 def class_weights(y, k):
   counts = np.bincount(y, minlength=k).astype(float)
@@ -187,144 +236,39 @@ def binary(split, classes):
   return {"x": split["x"], "y": wd.astype(np.int32)}
 
 
-def subsample(split, n, seed):
-  """n examples, half white dwarfs, half not (as far as available)."""
-  rng = np.random.default_rng(seed)
-  pos, neg = np.flatnonzero(split["y"] == 1), np.flatnonzero(split["y"] == 0)
-  k = min(n // 2, len(pos))
-  idx = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, n - k, replace=False)])
-  rng.shuffle(idx)
-  return {"x": split["x"][idx], "y": split["y"][idx]}
-
-
 def logits(model_name, model_config, variables, x):
   from astrotl import models
   return train.predict(models.get(model_name, **model_config), variables, x)
 
 
-def binary_report(p_wd, y, threshold):
-  pred = (p_wd >= threshold).astype(int)
-  pc = metrics.per_class(y, pred, 2)
-  return {"accuracy": metrics.accuracy(y, pred), "wd_completeness": float(pc["completeness"][1]),
-          "wd_purity": float(pc["purity"][1]), "n": int(len(y)), "n_wd": int(y.sum())}
-
-
-def read_sdss_inputs(path):
-  from astrotl.io import sdss
-  s = sdss.read(path)
-  f, _, bad = spectra.resample(np.log10(s.wavelength), s.flux, s.ivar, s.mask)
-  return tan_inputs(f[None], bad[None])
-
-
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  workdir = pathlib.Path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
+def train_model(config, workdir, data):
+  """Stage 1, then stage 2 on stage 1's frozen conv trunk; calibrated on validation, with
+  the weights as the bundle stores them.  Returns (stage-1 and stage-2 variables,
+  temperatures, a report)."""
   classes = list(config.classes)
-  t_start = time.time()
-
-  real, data = make_data(config, workdir)
-  if _EVALUATE.value:
-    evaluate_bundle(_EVALUATE.value, config, real, data, workdir)
-    return
-  counts = {s: np.bincount(d["y"], minlength=len(classes)).tolist() for s, d in data.items()}
-  logging.info("stage-1 class counts %s", counts)
-
-  # Stage 1: the 7-class classifier.
   s1 = train.merged_config(config.stage1)
   s1.model_config = dict(config.model_config, num_classes=len(classes))
   s1.class_weights = class_weights(data["train"]["y"], len(classes))
   r1 = train.fit(s1, workdir / "stage1", {"train": data["train"], "validation": data["validation"]})
-  v1 = r1.best_variables
-  z_val = logits("cnn1d", s1.model_config, v1, data["validation"]["x"])
-  t1 = metrics.fit_temperature(z_val, data["validation"]["y"])
-  z_test = logits("cnn1d", s1.model_config, v1, data["test"]["x"])
-  pred1 = z_test.argmax(-1)
-  pc1 = metrics.per_class(data["test"]["y"], pred1, len(classes))
-  stage1 = {"best": r1.best, "seconds": r1.seconds, "temperature": t1,
-            "test_accuracy": metrics.accuracy(data["test"]["y"], pred1),
-            "test_per_class": {k: dict(zip(classes, np.asarray(v, float).tolist()))
-                               for k, v in pc1.items()},
-            "confusion": metrics.confusion(data["test"]["y"], pred1, len(classes)).tolist()}
-  logging.info("stage 1: test accuracy %.3f, T=%.2f", stage1["test_accuracy"], t1)
-
-  # Stage 2: binary WD classifier from N target labels, transfer variants vs scratch.
-  target = {s: binary(d, classes) for s, d in data.items()}
-  variants = {
-      "finetune_all": {"skip": ("head/.*",)},
-      "frozen_stem": {"skip": ("head/.*",), "freeze": "block_.*"},
-      "n_blocks_2": {"skip": ("head/.*",), "n_blocks": 2},
-      "scratch": {"from_scratch": True},
-  }
-  s2_model = dict(config.model_config, num_classes=2)
-  runs = []
-  best_bundle = None
-  for n in config.target_sizes:
-    for seed in config.seeds:
-      subset = subsample(target["train"], n, seed)
-      for name in config.variants:
-        c = train.merged_config(config.stage2)
-        c.model_config = s2_model
-        c.seed = int(seed)
-        c.transfer.update(variants[name])
-        run_dir = workdir / "stage2" / f"{name}_n{n}_s{seed}"
-        r = train.fit(c, run_dir, {"train": subset, "validation": target["validation"]},
-                      pretrained=None if name == "scratch" else v1)
-        z = logits("cnn1d", s2_model, r.best_variables, target["test"]["x"])
-        rep = binary_report(metrics.softmax(z)[:, 1], target["test"]["y"], config.threshold)
-        step, secs = metrics.first_reaching(r.history, config.target_accuracy)
-        rep.update(variant=name, n_train=n, seed=int(seed), best=r.best, seconds=r.seconds,
-                   steps_to_target=step, seconds_to_target=secs)
-        runs.append(rep)
-        logging.info("stage 2 %s n=%d seed=%d: test acc %.3f, completeness %.3f, purity %.3f",
-                     name, n, seed, rep["accuracy"], rep["wd_completeness"], rep["wd_purity"])
-        if name == "finetune_all" and n == max(config.target_sizes) and seed == config.seeds[0]:
-          best_bundle = r.best_variables
-
-  bundle_result, sdss_result, rels = None, None, None
-  if best_bundle is not None:  # the fine-tune-all run at the largest N, seed 0, was made
-    bundle_result, sdss_result, rels, v1, best_bundle, t1 = calibrate_bundle(
-        config, data, target, s1, s2_model, v1, best_bundle)
-  summary = summarise(runs, config)
-  results = {
-      "command": "python experiments/wd_search.py --config=astrotl/configs/wd_search.py "
-                 f"--workdir={workdir}" + (f" --bundle={_BUNDLE.value}" if _BUNDLE.value else ""),
-      "config": config.to_dict(), "data": {
-          "real": {s: {"n": int(len(real[s]["y"])),
-                       "by_class": np.bincount(real[s]["y"], minlength=len(classes)).tolist()}
-                   for s in real},
-          "stage1_counts": counts, "classes": classes,
-          "note": "A-M spectra are real LAMOST stars; every WD and WD+M spectrum is simulated "
-                  "(DA models + real LAMOST noise patterns and M-dwarf companions)."},
-      "stage1": stage1, "stage2_runs": runs, "stage2_summary": summary,
-      "bundle": bundle_result,
-      "sdss_white_dwarf": sdss_result, "seconds_total": time.time() - t_start,
-  }
-  (workdir / "results.json").write_text(json.dumps(results, indent=1, default=_json))
-  plot(workdir, summary, config, *(rels or (None, None)))
-  if sdss_result:
-    plot_sdss(workdir, read_sdss_inputs(sdss_result["file"])[0], sdss_result)
-
-  if _BUNDLE.value and bundle_result is None:
-    raise app.UsageError("--bundle needs the finetune_all variant in config.variants")
-  if _BUNDLE.value:
-    t2 = bundle_result["temperature_stage2"]
-    bundle_test = bundle_result["test"]
-    meta = {"stage1": {"model": "cnn1d", "config": dict(s1.model_config), "classes": classes,
-                       "temperature": t1},
-            "stage2": {"model": "cnn1d", "config": s2_model, "classes": ["other", "WD"],
-                       "positive_index": 1, "temperature": t2},
-            "input_pixels": spectra.TAN_NPIX,
-            "trained_by": results["command"],
-            "training_data": results["data"]["note"],
-            "test": {"stage1_accuracy_float32": stage1["test_accuracy"], "stage2": bundle_test},
-            "storage": "float16; dense kernels int8 with per-column scales"}
-    checkpoint.save_bundle(_BUNDLE.value, {"stage1": v1, "stage2": best_bundle}, meta, int8=INT8)
-    logging.info("wrote the two-stage model to %s", _BUNDLE.value)
-
-
-INT8 = (r"stage[12]/params/dense/kernel",)  # 95% of the parameters; 4x smaller as int8
+  target = {k: binary(v, classes) for k, v in data.items()}
+  s2 = train.merged_config(config.stage2)
+  s2.model_config = dict(config.model_config, num_classes=2)
+  s2.class_weights = class_weights(target["train"]["y"], 2)
+  s2.transfer.update({"skip": ("head/.*",), "freeze": "block_.*"})
+  r2 = train.fit(s2, workdir / "stage2", {"train": target["train"],
+                                          "validation": target["validation"]},
+                 pretrained=r1.best_variables)
+  v1, v2 = shipped(r1.best_variables, r2.best_variables)
+  t1 = metrics.fit_temperature(logits("cnn1d", s1.model_config, v1, data["validation"]["x"]),
+                               data["validation"]["y"])
+  t2 = metrics.fit_temperature(logits("cnn1d", s2.model_config, v2, target["validation"]["x"]),
+                               target["validation"]["y"])
+  report = {"stage1_best": r1.best, "stage2_best": r2.best, "temperature_stage1": t1,
+            "temperature_stage2": t2, "seconds": r1.seconds + r2.seconds,
+            "n_train": int(len(data["train"]["y"])), "n_validation": int(len(data["validation"]["y"])),
+            "train_counts": dict(zip(classes, np.bincount(data["train"]["y"],
+                                                           minlength=len(classes)).tolist()))}
+  return (v1, v2), (t1, t2), (s1.model_config, s2.model_config), report
 
 
 def shipped(v1, v2):
@@ -337,14 +281,83 @@ def shipped(v1, v2):
   return trees["stage1"], trees["stage2"]
 
 
-def _json(o):
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  if isinstance(o, (np.integer,)):
-    return int(o)
-  if isinstance(o, (np.floating,)):
-    return float(o)
-  return str(o)
+def make_bundle(variables, temperatures, model_configs, config, about):
+  classes = list(config.classes)
+  meta = {
+      "format": bundle.FORMAT, "name": "wd_two_stage",
+      "input": {"type": "spectrum", "normalise": "tan", "pixels": spectra.TAN_NPIX},
+      "networks": {
+          "stage1": {"model": "cnn1d", "config": dict(model_configs[0]), "output": "classes",
+                     "classes": classes, "temperature": temperatures[0]},
+          "stage2": {"model": "cnn1d", "config": dict(model_configs[1]), "output": "classes",
+                     "classes": ["other", "WD"], "positive": "WD", "temperature": temperatures[1]}},
+      "rule": {"type": "two_stage", "score": "p_wd", "threshold": float(config.threshold),
+               "agree": "class1", "classes": ["WD", "WD+M"],
+               "min_snr": float(config.min_snr) or None, "veto": list(config.veto)},
+      "about": about}
+  return bundle.Model({"stage1": variables[0], "stage2": variables[1]}, meta)
+
+
+def fold_data(objects, train_groups, templates, config, seed):
+  tr, val = split_validation(train_groups, objects, config.validation_fraction, seed)
+  return {"train": build(objects, tr, templates, config, seed),
+          "validation": build(objects, val, templates, config, seed + 1)}
+
+
+# --- the stage-2 study: transfer vs scratch -------------------------------------------------
+
+def subsample(split, n, seed):
+  """n examples, half white dwarfs, half not (as far as available)."""
+  rng = np.random.default_rng(seed)
+  pos, neg = np.flatnonzero(split["y"] == 1), np.flatnonzero(split["y"] == 0)
+  k = min(n // 2, len(pos))
+  idx = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, n - k, replace=False)])
+  rng.shuffle(idx)
+  return {"x": split["x"][idx], "y": split["y"][idx]}
+
+
+def binary_report(p_wd, y, threshold):
+  pred = (p_wd >= threshold).astype(int)
+  pc = metrics.per_class(y, pred, 2)
+  return {"accuracy": metrics.accuracy(y, pred), "wd_completeness": float(pc["completeness"][1]),
+          "wd_purity": float(pc["purity"][1]), "n": int(len(y)), "n_wd": int(y.sum())}
+
+
+def study(config, workdir, v1, data, test):
+  """Stage 2 from N target labels: the transfer variants against training from scratch."""
+  classes = list(config.classes)
+  target = {k: binary(v, classes) for k, v in data.items()}
+  test_b = binary(test, classes)
+  variants = {
+      "finetune_all": {"skip": ("head/.*",)},
+      "frozen_stem": {"skip": ("head/.*",), "freeze": "block_.*"},
+      "n_blocks_2": {"skip": ("head/.*",), "n_blocks": 2},
+      "scratch": {"from_scratch": True},
+  }
+  runs = []
+  for n in config.target_sizes:
+    for seed in config.seeds:
+      subset = subsample(target["train"], n, seed)
+      for name in config.variants:
+        c = train.merged_config(config.study)
+        c.model_config = dict(config.model_config, num_classes=2)
+        c.seed = int(seed)
+        c.transfer.update(variants[name])
+        r = train.fit(c, workdir / "study" / f"{name}_n{n}_s{seed}",
+                      {"train": subset, "validation": target["validation"]},
+                      pretrained=None if name == "scratch" else v1)
+        z = logits("cnn1d", c.model_config, r.best_variables, test_b["x"])
+        p = metrics.softmax(z)[:, 1]
+        rep = binary_report(p, test_b["y"], config.threshold)
+        real = test["source"] != "simulated"
+        rep["false_positive_rate_real"] = float(np.mean(p[real & (test_b["y"] == 0)] >= config.threshold))
+        step, secs = metrics.first_reaching(r.history, config.target_accuracy)
+        rep.update(variant=name, n_train=n, seed=int(seed), best=r.best, seconds=r.seconds,
+                   steps_to_target=step, seconds_to_target=secs)
+        runs.append(rep)
+        logging.info("study %s n=%d seed=%d: acc %.3f compl %.3f fp(real) %.3f", name, n, seed,
+                     rep["accuracy"], rep["wd_completeness"], rep["false_positive_rate_real"])
+  return runs, summarise(runs, config)
 
 
 def summarise(runs, config):
@@ -355,73 +368,169 @@ def summarise(runs, config):
       if not sel:
         continue
       row = {}
-      for key in ("accuracy", "wd_completeness", "wd_purity", "seconds"):
+      for key in ("accuracy", "wd_completeness", "wd_purity", "false_positive_rate_real", "seconds"):
         v = np.array([r[key] for r in sel], float)
         row[key] = {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
       reached = [r["steps_to_target"] for r in sel if r["steps_to_target"] is not None]
       row["reached_target"] = f"{len(reached)}/{len(sel)}"
       row["steps_to_target_mean"] = float(np.mean(reached)) if reached else None
-      secs = [r["seconds_to_target"] for r in sel if r["seconds_to_target"] is not None]
-      row["seconds_to_target_mean"] = float(np.mean(secs)) if secs else None
       out[f"{name}/n{n}"] = row
   return out
 
 
-def plot(workdir, summary, config, rel_raw, rel_cal):
+def plot_study(workdir, summary, config):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+  keys = ("accuracy", "wd_completeness", "false_positive_rate_real")
   for name in config.variants:
     ns = [n for n in config.target_sizes if f"{name}/n{n}" in summary]
-    for ax, key in zip(axes, ("accuracy", "wd_completeness")):
+    for ax, key in zip(axes, keys):
       m = [summary[f"{name}/n{n}"][key]["mean"] for n in ns]
       s = [summary[f"{name}/n{n}"][key]["std"] for n in ns]
       ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, label=name,
                   ls="--" if name == "scratch" else "-")
-  for ax, key in zip(axes, ("test accuracy", "WD completeness")):
+  for ax, key in zip(axes, ("test accuracy", "WD completeness", "false positives, real non-WDs")):
     ax.set_xscale("log")
     ax.set_xlabel("labelled target spectra (N)")
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
   axes[0].legend()
-  fig.suptitle("Stage 2 (binary WD): transfer from the 7-class model vs scratch "
-               f"(mean ± std over {len(config.seeds)} seeds)")
+  fig.suptitle("Stage 2 from N labels: transfer from stage 1 vs scratch (fold 0's held-out "
+               f"objects; mean ± std over {len(config.seeds)} seeds)")
   fig.tight_layout()
   fig.savefig(workdir / "learning_curve.png", dpi=110)
   plt.close(fig)
 
-  if rel_raw is None:
+
+# --- the run --------------------------------------------------------------------------------
+
+def _json(o):
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  return str(o)
+
+
+def annotate(bundle_path, results_path):
+  """Puts wd_real_check's measured rates for the bundle's own rule into its metadata."""
+  res = json.loads(pathlib.Path(results_path).read_text())
+  model = bundle.load_model(bundle_path)
+  rule = model.rule
+  name = f"S/N >= {rule['min_snr']:g} + veto" if rule.get("min_snr") else (
+      "CLASS veto QSO/GALAXY" if rule.get("veto") else "default rule")
+  p = res["purity"][name]
+  fp = p["false_positive_rate"]
+  about = dict(model.meta["about"])
+  about["false_positive_rate"] = {
+      "value": fp["value"], "low": fp["95"][0], "high": fp["95"][1],
+      "description": f"fraction of non-white-dwarf LAMOST spectra flagged, for the DR9 mix of "
+                     f"classes and S/N in {res['command'].split()[1]} (rule variant '{name}')"}
+  about["expected_purity"] = {"value": p["purity"], "interval95": p["purity_95"],
+                              "wd_fraction": res["population"]["wd_fraction"],
+                              "completeness": p["completeness"]}
+  about["real_spectrum_check"] = {"command": res["command"], "cells": {
+      k: {s: c["rate"] for s, c in v.items()} for k, v in res["cells"].items()}}
+  meta = dict(model.meta, about=about)
+  out = bundle.Model({n: net.variables for n, net in model.networks.items()}, meta,
+                     source=bundle_path)
+  out.save(bundle_path, int8=INT8)
+  logging.info("wrote the measured rates into %s", bundle_path)
+
+
+def main(argv):
+  del argv
+  if _ANNOTATE.value:
+    if not _BUNDLE.value:
+      raise app.UsageError("--annotate needs --bundle")
+    annotate(_BUNDLE.value, _ANNOTATE.value)
     return
-  fig, ax = plt.subplots(figsize=(4.5, 4.5))
-  for rel, label in ((rel_raw, f"raw (ECE {rel_raw['ece']:.3f})"),
-                     (rel_cal, f"temperature-scaled (ECE {rel_cal['ece']:.3f})")):
-    ok = rel["count"] > 0
-    ax.plot(rel["confidence"][ok], rel["accuracy"][ok], marker="o", label=label)
-  ax.plot([0, 1], [0, 1], color="grey", ls=":")
-  ax.set_xlabel("predicted P(WD)")
-  ax.set_ylabel("fraction that are white dwarfs")
-  ax.set_title("Reliability of stage 2 on the test split")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(workdir / "reliability.png", dpi=110)
-  plt.close(fig)
+  config = _CONFIG.value
+  workdir = pathlib.Path(_WORKDIR.value)
+  workdir.mkdir(parents=True, exist_ok=True)
+  t0 = time.time()
+  data_dir = real_spectra.shared_data(_DATA.value)
+  classes = list(config.classes)
+  objects = real_objects(data_dir, classes)
+  fold = assign_folds(objects, config.folds, config.seed)
+  lamost_ivar = [np.where(o["mask"], 0.0, o["ivar"]) for o in objects if o["source"] == "LAMOST"]
+  templates = np.stack(lamost_ivar)  # noise shapes only (no labels involved)
+  counts = {}
+  for o in objects:
+    counts.setdefault(o["source"], {}).setdefault(o["label"], 0)
+    counts[o["source"]][o["label"]] += 1
+  logging.info("real objects: %s; reserved: %s", counts,
+               [o["key"] for o in objects if reserved(o)])
+  results_path = workdir / "results.json"
+  results = json.loads(results_path.read_text()) if results_path.exists() else {}
+  results.update(config=config.to_dict(), objects=counts,
+                 reserved=[o["key"] for o in objects if reserved(o)])
+  cv = {}
 
+  def save():
+    results["seconds_total"] = time.time() - t0
+    results_path.write_text(json.dumps(results, indent=1, default=_json))
 
-def plot_sdss(workdir, x, result):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  wave = spectra.wavelength_grid()[:len(x)]
-  fig, ax = plt.subplots(figsize=(9, 3))
-  ax.plot(wave, x, lw=0.6, color="k")
-  for line in (4102, 4341, 4862, 6564):
-    ax.axvline(line, color="tab:red", lw=0.5, alpha=0.6)
-  ax.set_title(f"SDSS white dwarf on the LAMOST grid: P(WD) = {result['p_wd']:.3f}", fontsize=9)
-  ax.set_xlabel("wavelength [A]")
-  fig.tight_layout()
-  fig.savefig(workdir / "sdss_wd.png", dpi=110)
-  plt.close(fig)
+  fold_models = {}
+  for k in range(config.folds):
+    path = workdir / f"fold_{k}" / "model.npz"
+    groups = {g for g, f in fold.items() if f != k}
+    held = {g for g, f in fold.items() if f == k}
+    if "folds" in _ONLY.value and not path.exists():
+      data = fold_data(objects, groups, templates, config, config.seed + 10 * k)
+      variables, temps, cfgs, report = train_model(config, workdir / f"fold_{k}", data)
+      make_bundle(variables, temps, cfgs, config, {
+          "training_data": f"cross-validation fold {k} of {config.folds}: every object but "
+                           "this fold's", "held_out_groups": sorted(held)}).save(path, int8=INT8)
+      results.setdefault("folds", {})[str(k)] = report
+      save()
+    fold_models[k] = path
+    for o in objects:
+      if o["group"] in held:
+        cv[o["key"]] = str(path.resolve().relative_to(REPO.resolve())) if path.is_relative_to(
+            REPO.resolve()) else str(path.resolve())
+  (workdir / "cv.json").write_text(json.dumps(cv, indent=1))
+  (workdir / "lamost_files.txt").write_text(
+      "\n".join(o["key"] for o in objects if o["source"] == "LAMOST") + "\n")
+
+  if "final" in _ONLY.value and _BUNDLE.value:
+    groups = set(fold)
+    data = fold_data(objects, groups, templates, config, config.seed + 1000)
+    variables, temps, cfgs, report = train_model(config, workdir / "final", data)
+    train_counts = report["train_counts"]
+    about = {
+        "trained_by": "python experiments/wd_search.py --config=astrotl/configs/wd_search.py "
+                      f"--workdir={workdir} --bundle={_BUNDLE.value}",
+        "training_data": (
+            f"real LAMOST A-M stars ({counts.get('LAMOST', {})}), each also degraded to S/N "
+            f"{config.snr_range[0]:g}-{config.snr_range[1]:g}; real HST CALSPEC spectra "
+            f"({counts.get('CALSPEC', {})} objects: white dwarfs DA/DB/DO, hot subdwarfs, O/B, "
+            "A-M stars) made LAMOST-like at S/N "
+            f"{config.snr_range[0]:g}-{config.snr_range[1]:g}; simulated DA white dwarfs and "
+            "DA+M binaries (Warwick models); all with the measured LAMOST response, LAMOST "
+            "noise shapes and half blurred to R 700-1800. Not in training: DC/DQ/DZ and "
+            "magnetic white dwarfs, CVs, QSOs, galaxies."),
+        "train_counts": train_counts,
+        "reserved_objects": [o["key"] for o in objects if reserved(o)]}
+    make_bundle(variables, temps, cfgs, config, about).save(_BUNDLE.value, int8=INT8)
+    results["final"] = report
+    save()
+    logging.info("wrote %s", _BUNDLE.value)
+
+  if "study" in _ONLY.value and fold_models:
+    groups = {g for g, f in fold.items() if f != 0}
+    held = {g for g, f in fold.items() if f == 0}
+    data = fold_data(objects, groups, templates, config, config.seed)
+    test = build(objects, held, templates, config, config.seed + 7)
+    source = bundle.load_model(fold_models[0]).networks["stage1"].variables
+    runs, summary = study(config, workdir, source, data, test)
+    results.update(study_runs=runs, study_summary=summary)
+    save()
+    plot_study(workdir, summary, config)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ real validation spectra (HST CALSPEC, SDSS) go through exactly the same steps:
   pixels of 4000-5500 A, like LAMOST's snr_g).  Noise the input already has is counted:
   only the missing variance is added.
 - `degrade`: a real LAMOST spectrum at a lower S/N, with extra noise of its own ivar shape.
+- `blur`: spectra on the grid at a lower resolving power.
 
 The response.  LAMOST LRS fluxes are only relatively calibrated, and its stars are
 reddened; both multiply a spectrum by a smooth curve.  `response="empirical"` draws
@@ -85,6 +86,22 @@ def to_grid(wave, flux, ivar=None, mask=None, observed=None, resolution=None,
     flux, ivar, bad = _convolve(loglam, flux, ivar, bad, resolution, LAMOST_R)
   f, v, m = spectra.resample(loglam, flux, ivar, bad, npix)
   return f, (v if noisy else None), m
+
+
+def blur(flux, ivar, mask, resolution, source=LAMOST_R):
+  """Spectra on the common grid (n, npix) at a lower resolving power `resolution` ((n,) or
+  scalar, each <= source): as coarse as CALSPEC (R ~ 700-900) where asked, so that a
+  training set cannot tell its sources apart by resolution.  Returns (flux, ivar, mask)."""
+  flux, ivar, mask = (np.atleast_2d(np.asarray(a)) for a in (flux, ivar, mask))
+  resolution = np.broadcast_to(np.asarray(resolution, np.float64), (len(flux),))
+  loglam = spectra.loglam_grid(flux.shape[-1])
+  out = [np.array(a, dtype) for a, dtype in ((flux, np.float32), (ivar, np.float32), (mask, bool))]
+  for i, r in enumerate(resolution):
+    if r < source:
+      f, v, b = _convolve(loglam, flux[i].astype(np.float64), ivar[i].astype(np.float64),
+                          mask[i] | ~(ivar[i] > 0), source, r)
+      out[0][i], out[1][i], out[2][i] = f, v, b
+  return tuple(out)
 
 
 def _convolve(loglam, flux, ivar, bad, resolution, target):
