@@ -35,12 +35,13 @@ def check_model(model):
   """Raises BundleError unless `model` takes the 16 UPSILoN features of light curves."""
   from astrotl.bundle import BundleError
   spec = model.input
+  who = model.name if model.name == model.source else f"{model.name} ({model.source})"
   if spec.get("type") != "lightcurve":
-    raise BundleError(f"{model.source}: a {spec.get('type', 'spectrum')} model, not a "
-                      "light-curve model (for spectra use python -m astrotl.scan)")
+    raise BundleError(f"{who}: a {spec.get('type', 'spectrum')} model, not a light-curve "
+                      "model (for spectra use python -m astrotl.scan)")
   if spec.get("features") != "upsilon16" or not isinstance(spec.get("preprocess"), dict):
-    raise BundleError(f"{model.source}: input {spec} is not understood: light-curve bundles "
-                      "need features='upsilon16' and a preprocess dict (features.upsilont_inputs)")
+    raise BundleError(f"{who}: input {spec} is not understood: light-curve bundles need "
+                      "features='upsilon16' and a preprocess dict (features.upsilont_inputs)")
 
 
 def column_info(model, with_points=True) -> dict:
