@@ -22,12 +22,20 @@ from astrotl.preprocess import features as F
 from astrotl.preprocess import features_batch as FB
 
 GROUP_POINTS = 1 << 22   # padded points per extract_batch call: bounds host memory
+MAX_POINTS = 10_000      # the exact periodogram costs points x frequencies, both ~n
+# extract_batch's memory is ~ width x frequency blocks x 16 bytes per curve in a call.
+MEMORY = {"cpu": 2 << 30}
+MEMORY_ACCELERATOR = 16 << 30
+REASONS = FB.REASONS + ("too_many_points",)   # features()'s reason codes
+TOO_MANY_POINTS = len(FB.REASONS)
 REASON_TEXT = {
     "too_few_points": "only {n} usable points; the features need at least {min}",
     "non_finite": "time, mag or err has NaN or inf values; drop those rows",
     "zero_span": "every point has the same time; the period is undefined",
     "constant_mag": "every magnitude is the same; the features are undefined for a flat curve",
     "negative_err": "negative errors; drop flagged rows (err < 0) first",
+    "too_many_points": "{n} points; the exact periodogram's cost grows as points x "
+                       "frequencies, so at most {max}: bin the curve or split it by season",
 }
 
 
@@ -55,42 +63,55 @@ def column_info(model, with_points=True) -> dict:
 
 # --- features ------------------------------------------------------------------------------
 
-def _chunk():
+def _chunk(width, nout):
+  """Curves per extract_batch call for a group of padded `width` and at most `nout`
+  frequencies: small on a CPU (the periodogram products stay in cache), hundreds on an
+  accelerator, fewer for long curves so a call fits in MEMORY."""
   import jax
-  # extract_batch: small chunks keep the periodogram products in a CPU's cache; an
-  # accelerator wants hundreds of curves per call.
-  return 8 if jax.default_backend() == "cpu" else 512
+  backend = jax.default_backend()
+  base = 8 if backend == "cpu" else 512
+  per_curve = width * (nout // 256 + 1) * 16
+  fits = max(1, int(MEMORY.get(backend, MEMORY_ACCELERATOR) // per_curve))
+  return min(base, 1 << (fits.bit_length() - 1))
 
 
 def features(curves, chunk=None) -> dict:
   """The 16 features of (time, mag, err-or-None) curves: FEATURES -> (n,) float64 (NaN for
-  bad curves), "reason" -> (n,) codes into `features_batch.REASONS`, "n_points" -> (n,).
+  bad curves), "reason" -> (n,) codes into REASONS (0 = ok), "n_points" -> (n,).
 
-  Curves are padded to a few bucketed widths (similar lengths together), so one compiled
-  function serves many calls; err None means no errors (std(mag) is used, as UPSILoN does).
+  Curves are grouped by length and padded to bucketed widths, so one compiled function
+  serves many calls; err None means no errors (std(mag) is used, as UPSILoN does).
+  Curves of more than MAX_POINTS points get the reason too_many_points.
   """
+  from astrotl.preprocess import periodogram
   n = len(curves)
   curves = [(t, m, np.zeros(len(m)) if e is None else e) for t, m, e in curves]
   lengths = np.array([len(c[0]) for c in curves], np.int64)
   out = {k: np.full(n, np.nan) for k in F.FEATURES}
-  out["reason"] = np.zeros(n, np.int64)
+  out["reason"] = np.where(lengths > MAX_POINTS, TOO_MANY_POINTS, FB.OK)
   out["n_points"] = lengths
-  order = np.argsort(lengths, kind="stable")
+  nout = np.zeros(n, np.int64)   # frequencies searched (extract_batch's work and memory)
+  for i, (t, _, _) in enumerate(curves):
+    span = float(np.ptp(t)) if len(t) > 1 else 0.0
+    if np.isfinite(span) and span > 0:
+      nout[i] = periodogram.frequency_grid(span, len(t))[1]
+  order = [i for i in np.argsort(lengths, kind="stable") if lengths[i] <= MAX_POINTS]
   start = 0
-  while start < n:
+  while start < len(order):
     width = FB.bucket(max(int(lengths[order[start]]), 1))
     stop = start + 1
-    while stop < n:  # grow the group while its padded size fits the budget
+    while stop < len(order):  # grow the group while its padded size fits the budget
       w = FB.bucket(max(int(lengths[order[stop]]), 1))
       if (stop + 1 - start) * w > GROUP_POINTS:
         break
       width, stop = w, stop + 1
     idx = order[start:stop]
     group = [curves[i] for i in idx]
-    chunk = chunk or _chunk()
-    empty = np.zeros(0)
-    group += [(empty, empty, empty)] * (chunk - len(group))  # full calls: one compilation
-    got = FB.extract_batch(*FB.pad_curves(group, width), chunk=chunk)
+    size = chunk or _chunk(width, int(nout[idx].max()))
+    if width <= 1024:   # cheap curves: always full calls, so one compilation serves all
+      empty = np.zeros(0)
+      group += [(empty, empty, empty)] * (size - len(group))
+    got = FB.extract_batch(*FB.pad_curves(group, width), chunk=size)
     for k in F.FEATURES + ("reason",):
       out[k][idx] = got[k][:len(idx)]
     start = stop
@@ -98,8 +119,8 @@ def features(curves, chunk=None) -> dict:
 
 
 def reason_text(code: int, n_points: int) -> str:
-  name = FB.REASONS[code]
-  return f"{name}: " + REASON_TEXT[name].format(n=n_points, min=F.MIN_POINTS)
+  name = REASONS[code]
+  return f"{name}: " + REASON_TEXT[name].format(n=n_points, min=F.MIN_POINTS, max=MAX_POINTS)
 
 
 # --- networks ------------------------------------------------------------------------------

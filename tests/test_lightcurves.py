@@ -187,11 +187,14 @@ def test_upsilont_predict_reproduces_published_rrl_ab(upsilont, reference):
 
 def test_predict_curves_and_errors(upsilont):
   good = _sine()
-  with pytest.warns(UserWarning, match="1 of 3 inputs got no prediction"):
-    t = upsilont.predict([good, (good[0], good[1]), (good[0][:5], good[1][:5], good[2][:5])])
+  long = _sine(lc.MAX_POINTS + 1)
+  with pytest.warns(UserWarning, match="2 of 4 inputs got no prediction"):
+    t = upsilont.predict([good, (good[0], good[1]), (good[0][:5], good[1][:5], good[2][:5]),
+                          long])
   assert list(t["name"]) == ["0", "1"] and list(t["n_points"]) == [60, 60]
-  assert t.meta["errors"] == [("2", "too_few_points: only 5 usable points; the features need "
-                                    "at least 10")]
+  assert t.meta["errors"][0] == ("2", "too_few_points: only 5 usable points; the features "
+                                      "need at least 10")
+  assert t.meta["errors"][1][1].startswith(f"too_many_points: {lc.MAX_POINTS + 1} points")
   with pytest.raises(L.LightCurveError, match="constant_mag"):
     upsilont.predict((good[0], np.full(60, 15.0)))
   with pytest.raises(ValueError, match=r"\(n, 16\)"):
