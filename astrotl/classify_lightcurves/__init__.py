@@ -126,7 +126,6 @@ def find_inputs(lightcurves, root=None, path_column=None, allow_outside_root=Fal
     if c != path_col and name not in seen:   # unique ignoring case (TOPCAT, cfitsio)
       carried[c] = name
       seen.add(name)
-  found.carry = tuple(carried)
   return found, carried
 
 

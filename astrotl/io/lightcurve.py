@@ -8,10 +8,10 @@ order when there is no header.  Rows with a missing or flagged value are dropped
 `read_curve`); every other problem raises `LightCurveError` naming the file, what is wrong
 and what to do.  Only regular files are opened, and at most `max_bytes` are read.
 
-The survey readers below each return `(stars, skipped)`: a list of `Star` and a list of (star id, reason) for
-entries that could not be parsed.  A Star's bands map a band name ("r", "b", "v") to
-(time, mag, err) float64 arrays sorted by time; flagged rows are dropped, so every
-value left is a measurement.
+The survey readers below each return `(stars, skipped)`: a list of `Star` and a list of
+(star id, reason) for entries that could not be parsed.  A Star's bands map a band name
+("r", "b", "v") to (time, mag, err) float64 arrays sorted by time; flagged rows are
+dropped, so every value left is a measurement.
 
 | reader            | layout                                                          |
 |-------------------|-----------------------------------------------------------------|
@@ -47,6 +47,7 @@ MACHO_MAX_ERR = 1.0   # rows with err <= 0 or >= this are flags (-99 mags, 29.99
 
 MAX_BYTES = 64 << 20  # one star: a million points is ~40 MB of text
 MISSING_MAG = 90.0    # |mag| >= this is a survey's "no measurement" (99.999, -99)
+MISSING_TEXT = ("", "nan", "na", "n/a", "null", "none", "--", "-")  # read as NaN, then dropped
 # Column names are compared lower-cased with everything but letters and digits removed.
 TIME_ALIASES = ("time", "t", "hjd", "bjd", "mjd", "jd", "date", "dateobs", "obstime", "epoch")
 MAG_ALIASES = ("mag", "magnitude", "m")
@@ -455,9 +456,6 @@ def _index(path, column, ncols, names, flag):
   if not hits:
     raise LightCurveError(path, f"{flag}={column!r}: no such column; columns are {names}")
   return hits[0]
-
-
-MISSING_TEXT = ("", "nan", "na", "n/a", "null", "none", "--", "-", "inf", "-inf")
 
 
 def _numbers(path, values, label):

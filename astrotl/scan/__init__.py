@@ -76,8 +76,8 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   """
   t_start = time.time()
   check_ranges(threshold=threshold, radius=radius, batch_size=batch_size,
-                chunk_size=chunk_size, workers=workers, time_limit=time_limit, top=top,
-                min_snr=min_snr, max_missing=max_missing)
+               chunk_size=chunk_size, workers=workers, time_limit=time_limit, top=top,
+               min_snr=min_snr, max_missing=max_missing)
   found, known_cat, m, rule = prepare(spectra, catalog, root, path_column, allow_outside_root,
                                       known, known_ra_column, known_dec_column, radius, model,
                                       select, threshold, min_snr, veto)

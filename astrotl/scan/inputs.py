@@ -2,8 +2,9 @@
 
 The scan reads spectra (SUFFIXES); `python -m astrotl.classify_lightcurves` uses the same
 listing with light-curve suffixes.  Folders are walked without following links, and every
-entry whose name ends in one of the suffixes is an input, whatever it is (a folder named x.fits.gz, a dangling link): the reader
-then reports it, so every input ends in exactly one of predictions and errors.
+entry whose name ends in one of the suffixes is an input, whatever it is (a folder named
+x.fits.gz, a dangling link): the reader then reports it, so every input ends in exactly
+one of predictions and errors.
 
 Catalog paths are resolved against --root (default: the catalog's folder): a listed
 `.fits` also matches `.fits.gz` on disk and the other way round, and when the archive
@@ -41,7 +42,6 @@ class Inputs:
   duplicates: list = dataclasses.field(default_factory=list)  # (row, first row, path)
   refused: list = dataclasses.field(default_factory=list)     # (row, path, reason)
   missing: int = 0                  # inputs with no file on disk
-  carry: tuple | None = None        # catalog columns to carry (None: those of CARRIED)
 
   def catalog_rows(self, files, first) -> np.ndarray:
     """Catalog rows of `files`, which are inputs from number `first` on, in order."""
@@ -57,7 +57,7 @@ class Inputs:
     """Catalog columns to carry into the predictions."""
     if self.table is None:
       return []
-    return [c for c in (CARRIED if self.carry is None else self.carry) if c in self.table]
+    return [c for c in CARRIED if c in self.table]
 
 
 def from_spectra(text: str) -> Inputs:
