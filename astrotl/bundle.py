@@ -80,6 +80,14 @@ class Network:
   def width(self):
     return len(self.classes) if self.output == "classes" else len(self.targets)
 
+  def finish(self, z):
+    """What the bundle promises from raw outputs z (jax, inside jit): calibrated
+    probabilities (softmax of z / temperature) or regression values in target units."""
+    import jax
+    if self.output == "classes":
+      return jax.nn.softmax(z / self.temperature, axis=-1)
+    return z * self.scale[:, 1] + self.scale[:, 0]
+
   def describe(self):
     return {**self.meta, "classes": self.classes} if self.output == "classes" else self.meta
 
@@ -157,8 +165,9 @@ class Model:
   def outputs_to_columns(self, outs: dict) -> dict:
     """Columns (numpy) from the arrays `make_fn` returns for some rows.
 
-    A network missing from `outs` (a cascade skipped it) gives NaN columns."""
-    n = len(outs["snr"])
+    A network missing from `outs` (a cascade skipped it) gives NaN columns; `snr` is
+    copied when present (spectra)."""
+    n = len(next(iter(outs.values())))
     cols = {}
     two = self.kind == "two_stage"
     for i, net in enumerate(self.networks.values()):
@@ -178,7 +187,8 @@ class Model:
           cols[prefix + column_name(c)] = values[:, j]
         best = np.asarray(net.classes, dtype=object)[values.argmax(-1)] if n else []
         cols["class1" if two else "pred_class"] = np.asarray(best, dtype=str)
-    cols["snr"] = np.asarray(outs["snr"], np.float32)
+    if "snr" in outs:
+      cols["snr"] = np.asarray(outs["snr"], np.float32)
     return cols
 
   def identity(self) -> str:
@@ -243,10 +253,7 @@ class Model:
         v = variables[net.name]
         z = (net.model.apply(v, feats, from_features=True) if feats is not None
              else net.model.apply(v, x))
-        if net.output == "classes":
-          out[net.name] = jax.nn.softmax(z / net.temperature, axis=-1)
-        else:
-          out[net.name] = z * net.scale[:, 1] + net.scale[:, 0]
+        out[net.name] = net.finish(z)
         if embed and net is primary:
           out["embedding"] = (net.model.apply(v, feats, from_features=True, output="embedding")
                               if feats is not None else net.model.apply(v, x, output="embedding"))

@@ -4,6 +4,8 @@ spectra/    59 LAMOST LRS spectra covering every file layout (see spectra/index.
             PROVENANCE.md; LAMOST data policy, acknowledgement required).
 wd_models/  the Warwick 3D DA white-dwarf model grid, 3000-10000 A (MIT, via corv).
 upsilont/   the published UPSILoN-T network of Kim et al. 2021 (MIT).
+lightcurves/ UPSILoN's two EROS-2 sample light curves (MIT), the default input of
+            python -m astrotl.classify_lightcurves.
 models/     wd_two_stage.npz: the two-stage white-dwarf model the scan uses by default,
             trained by experiments/wd_search.py (see experiments/README.md); the metadata
             inside it records its classes, temperatures, training data and test scores.

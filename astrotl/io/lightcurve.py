@@ -1,9 +1,17 @@
-"""Readers for labelled variable-star light curves, one function per file layout.
+"""Light-curve readers: one star's file (`read_curve`), and labelled survey layouts.
 
-Each returns `(stars, skipped)`: a list of `Star` and a list of (star id, reason) for
-entries that could not be parsed.  A Star's bands map a band name ("r", "b", "v") to
-(time, mag, err) float64 arrays sorted by time; flagged rows are dropped, so every
-value left is a measurement.
+`read_curve(path)` reads a single-star light curve as astronomers have them: CSV or
+whitespace-separated ASCII with or without a header (plain or `#`-commented), UPSILoN's
+`.time` files, FITS tables, any of them gzipped.  Columns are found by name (aliases below,
+or `time_column=` / `mag_column=` / `err_column=`), or taken as time, mag, err in that
+order when there is no header.  Rows with a missing or flagged value are dropped (see
+`read_curve`); every other problem raises `LightCurveError` naming the file, what is wrong
+and what to do.  Only regular files are opened, and at most `max_bytes` are read.
+
+The survey readers below each return `(stars, skipped)`: a list of `Star` and a list of
+(star id, reason) for entries that could not be parsed.  A Star's bands map a band name
+("r", "b", "v") to (time, mag, err) float64 arrays sorted by time; flagged rows are
+dropped, so every value left is a measurement.
 
 | reader            | layout                                                          |
 |-------------------|-----------------------------------------------------------------|
@@ -17,9 +25,13 @@ import csv
 import gzip
 import io
 import json
+import os
 import pathlib
+import re
+import stat
 import sys
 import tarfile
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -33,9 +45,25 @@ MACHO_TYPES = {1: "RRL ab", 2: "RRL c", 3: "RRL e", 4: "Cepheid F", 5: "Cepheid 
                11: "RRL + GB blend"}
 MACHO_MAX_ERR = 1.0   # rows with err <= 0 or >= this are flags (-99 mags, 29.999 errors)
 
+MAX_BYTES = 64 << 20  # one star: a million points is ~40 MB of text
+MISSING_MAG = 90.0    # |mag| >= this is a survey's "no measurement" (99.999, -99)
+MISSING_TEXT = ("", "nan", "na", "n/a", "null", "none", "--", "-")  # read as NaN, then dropped
+# Column names are compared lower-cased with everything but letters and digits removed.
+TIME_ALIASES = ("time", "t", "hjd", "bjd", "mjd", "jd", "date", "dateobs", "obstime", "epoch")
+MAG_ALIASES = ("mag", "magnitude", "m")
+ERR_ALIASES = ("err", "error", "magerr", "magerror", "errmag", "emag", "dmag", "dm", "sigma",
+               "sigmag", "magsigma", "sigmamag", "unc", "uncertainty", "e")
+SUFFIXES = tuple(s + z for s in (".csv", ".tsv", ".txt", ".dat", ".time", ".lc", ".mjd",
+                                 ".fits", ".fit") for z in ("", ".gz"))
+
 
 class LightCurveError(ValueError):
-  """A light-curve file that cannot be read; names the file and the reason."""
+  """A light-curve file that cannot be read.  `path` and `reason` are kept for error tables."""
+
+  def __init__(self, path, reason: str):
+    self.path = str(path)
+    self.reason = reason
+    super().__init__(f"{self.path}: {reason}")
 
 
 class Star(NamedTuple):
@@ -55,7 +83,7 @@ def _curve(time, mag, err):
 def _need(path):
   path = pathlib.Path(path)
   if not path.is_file():
-    raise LightCurveError(f"{path}: no such file")
+    raise LightCurveError(path, "no such file")
   return path
 
 
@@ -67,7 +95,7 @@ def eros1_ramp(folder, part: str):
   with open(meta_path, newline="") as f:
     rows = list(csv.DictReader(f))
   if not rows or "type" not in rows[0]:
-    raise LightCurveError(f"{meta_path}: expected a CSV with a 'type' column")
+    raise LightCurveError(meta_path, "expected a CSV with a 'type' column")
   index = next(iter(rows[0]))   # the unnamed first column holds the star id
   labels = {r[index]: r["type"] for r in rows}
   csv.field_size_limit(sys.maxsize)   # one cell holds a whole light curve
@@ -93,7 +121,7 @@ def catalina_csv(folder):
   folder = pathlib.Path(folder)
   files = sorted(folder.glob("*.csv"))
   if not files:
-    raise LightCurveError(f"{folder}: no *.csv light curves")
+    raise LightCurveError(folder, "no *.csv light curves")
   stars, skipped = [], []
   for path in files:
     kind, _, star = path.stem.rpartition("_")
@@ -159,3 +187,297 @@ def macho_csv(path):
       continue
     stars.append(Star(star, label, bands))
   return stars, skipped
+
+
+# --- one star's file ------------------------------------------------------------------------
+
+def read_curve(path, time_column=None, mag_column=None, err_column=None,
+               max_bytes: int = MAX_BYTES):
+  """(time, mag, err) float64 arrays of one star's light curve, sorted by time.
+
+  Formats (found from the content, not the name): CSV (`,` or `;`) or whitespace-separated
+  text, with a header line, a `#`-commented header line right above the data (UPSILoN's
+  `.time` files, MACHO's `.mjd`), or none; FITS tables (the first table HDU); gzip of any.
+  Columns: `time_column`, `mag_column`, `err_column` (a name, any case, or a 0-based
+  number) or else found by name -- time: TIME_ALIASES or a name starting with
+  hjd/bjd/mjd/jd; mag: MAG_ALIASES, else the first name that starts or ends with "mag"
+  (so UPSILoN's `.time` gives its R band, MagR); err: an error-like name right after the
+  magnitude (ErMagR), else ERR_ALIASES, else the only error-like column.  With no header
+  the columns are time, mag[, err].  err is None when the file has no error column (the
+  features then use std(mag) as every error, as UPSILoN does).
+
+  Rows where time, mag or err is missing (empty, NaN), |mag| >= MISSING_MAG (99.999,
+  -99: "no measurement") or err < 0 (a flag) are dropped.  Raises LightCurveError (with
+  `.path` and `.reason`) for anything else: no such file, not a regular file (folders,
+  pipes, devices are refused before reading), more than `max_bytes` (also once
+  decompressed), damaged gzip, binary content, no usable column, a value that is not a
+  number, or no usable row.
+  """
+  data = _read_bounded(path, max_bytes)
+  table = _fits_table(path, data) if data.startswith(b"SIMPLE  =") else _text_table(path, data)
+  names = table.names
+  ti, mi, ei = _find_columns(path, names, table.ncols, time_column, mag_column, err_column)
+  label = (lambda i: repr(names[i])) if names else (lambda i: f"number {i}")
+  use = [ti, mi] + ([ei] if ei is not None else [])
+  t, m, *rest = table.columns(path, use, label)
+  e = rest[0] if rest else None
+  with np.errstate(invalid="ignore"):
+    keep = np.isfinite(t) & np.isfinite(m) & (np.abs(m) < MISSING_MAG)
+    if e is not None:
+      keep &= np.isfinite(e) & (e >= 0)
+  if not keep.any():
+    raise LightCurveError(path, f"no usable rows: all {len(t)} miss a value or are flagged "
+                          f"(NaN, |mag| >= {MISSING_MAG:g} such as 99.999, or a negative "
+                          f"error) in columns {label(ti)}, {label(mi)}"
+                          + (f", {label(ei)}" if ei is not None else ""))
+  if e is None:
+    order = np.argsort(t[keep], kind="stable")
+    return t[keep][order], m[keep][order], None
+  return _curve(t[keep], m[keep], e[keep])
+
+
+def read_many(paths, max_bytes: int = MAX_BYTES, on_file=None, **columns):
+  """`read_curve` over `paths`: (index of each good file, [(time, mag, err)], metas,
+  [(index, path, reason)] for each bad file), the contract of `io.batch.decode_many`, so
+  `scan.workers.DecodePool` can run it (pass `max_bytes` as its raw_len)."""
+  good, curves, errors = [], [], []
+  for i, path in enumerate(paths):
+    if on_file is not None:
+      on_file(i)
+    try:
+      curves.append(read_curve(path, max_bytes=max_bytes, **columns))
+    except LightCurveError as e:
+      errors.append((i, str(path), e.reason))
+      continue
+    except Exception as e:  # a reader bug must cost one file, not the run
+      errors.append((i, str(path), f"unexpected {type(e).__name__}: {e}"))
+      continue
+    good.append(i)
+  return good, curves, [{} for _ in good], errors
+
+
+def _read_bounded(path, max_bytes):
+  """The file's bytes (gunzipped), refusing non-regular files and more than max_bytes."""
+  try:
+    # O_NONBLOCK: opening a named pipe must not wait for a writer; it is refused below.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+  except FileNotFoundError:
+    broken = os.path.islink(path)
+    raise LightCurveError(path, "a link to a missing file" if broken else "no such file") from None
+  except PermissionError:
+    raise LightCurveError(path, "permission denied; make the file readable") from None
+  except OSError as e:
+    raise LightCurveError(path, f"cannot open ({e.strerror or e})") from None
+  mode = os.fstat(fd).st_mode
+  if not stat.S_ISREG(mode):
+    os.close(fd)
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device")
+    raise LightCurveError(path, f"{kind}, not a light-curve file")
+  with os.fdopen(fd, "rb") as f:
+    try:
+      raw = f.read(max_bytes + 1)
+    except OSError as e:
+      raise LightCurveError(path, f"cannot read ({e.strerror or e})") from None
+  limit = (f"larger than the limit for one light curve ({max_bytes:,} bytes); if it really "
+           "is one, raise max_bytes (--max_file_mb)")
+  if len(raw) > max_bytes:
+    raise LightCurveError(path, limit)
+  if raw.startswith(b"\x1f\x8b"):
+    try:
+      with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+        raw = g.read(max_bytes + 1)
+    except (OSError, EOFError, zlib.error) as e:
+      raise LightCurveError(path, f"damaged gzip file ({e}); download it again") from None
+    if len(raw) > max_bytes:
+      raise LightCurveError(path, f"{limit} (decompressed)")
+  return raw
+
+
+def _fits_table(path, data):
+  from astrotl.io import catalog
+  try:
+    columns = catalog._read_fits(io.BytesIO(data))
+  except catalog.CatalogError as e:
+    raise LightCurveError(path, e.reason) from None
+  return _Columns(list(columns), list(columns.values()))
+
+
+class _Columns:
+  """A table's column names (None: no header) and values, converted when asked for."""
+
+  def __init__(self, names, values):
+    self.names, self.values, self.ncols = names, values, len(values)
+
+  def columns(self, path, idx, label):
+    return [_numbers(path, self.values[i], label(i)) for i in idx]
+
+
+class _TextRows:
+  """Rows of a text table, split into fields only when the fast parser fails."""
+
+  def __init__(self, names, rows, delim):
+    self.names, self.rows, self.delim = names, rows, delim
+    self.ncols = len(self.split(rows[0]))
+
+  def split(self, row):
+    return [f.strip().strip("\"'") for f in row.split(self.delim)] if self.delim else row.split()
+
+  def columns(self, path, idx, label):
+    try:
+      a = np.loadtxt(self.rows, delimiter=self.delim, usecols=idx, ndmin=2, comments=None)
+      return list(a.T)
+    except ValueError:  # empty fields, quotes, short rows, text: parse slowly, name the row
+      pass
+    fields = [self.split(r) for r in self.rows]
+    need = max(idx)
+    for k, f in enumerate(fields):
+      if len(f) <= need:
+        raise LightCurveError(path, f"data row {k + 1} has {len(f)} fields, too few for column "
+                              f"{label(need)}; the file may be truncated: fix or remove the row")
+    return [_numbers(path, [f[i] for f in fields], label(i)) for i in idx]
+
+
+def _is_number(token):
+  try:
+    float(token)
+    return True
+  except ValueError:
+    return False
+
+
+def _text_table(path, data):
+  if b"\0" in data:
+    raise LightCurveError(path, "binary content: not a text or FITS light curve")
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError:
+    text = data.decode("latin-1")  # a degree sign in a comment must not cost the file
+  comment, rows, delim = None, [], None
+  for line in text.splitlines():
+    s = line.strip()
+    if not s:
+      continue
+    if s[0] in "#%":
+      if not rows:
+        comment = s.lstrip("#%").strip()
+      continue
+    if not rows:
+      delim = "," if "," in s else ";" if ";" in s else None
+    rows.append(s)
+  if not rows:
+    raise LightCurveError(path, "no data rows (the file is empty or only comments)")
+  table = _TextRows(None, rows, delim)
+  first = table.split(rows[0])
+  if not any(_is_number(n) for n in first if n):   # a header line
+    if len(rows) == 1:
+      raise LightCurveError(path, "a header but no data rows")
+    return _TextRows(first, rows[1:], delim)
+  above = table.split(comment) if comment else []
+  if len(above) == len(first) and not any(_is_number(n) for n in above):
+    table.names = above    # a commented header right above the data (.time, .mjd)
+  return table
+
+
+def _norm(name):
+  return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _err_like(n):
+  return n in ERR_ALIASES or "err" in n or n.startswith(("sig", "unc", "emag", "dmag", "ermag"))
+
+
+def _find_columns(path, names, ncols, time_column, mag_column, err_column):
+  """Indices (time, mag, err or None) of the columns to use."""
+  if names is None:
+    given = [_index(path, c, ncols, None, flag) for c, flag in
+             ((time_column, "time_column"), (mag_column, "mag_column"), (err_column, "err_column"))]
+    if ncols < 2 and (given[0] is None or given[1] is None):
+      raise LightCurveError(path, f"{ncols} column and no header; a light curve needs time, "
+                            "mag and (optionally) err columns")
+    ti = given[0] if given[0] is not None else 0
+    mi = given[1] if given[1] is not None else 1
+    ei = given[2] if given[2] is not None else (2 if ncols > 2 else None)
+    return ti, mi, ei
+  norm = [_norm(n) for n in names]
+
+  def first(test, skip=()):
+    return next((i for i, n in enumerate(norm) if i not in skip and test(n)), None)
+
+  def need(i, what, looked, flag):
+    if i is None:
+      raise LightCurveError(path, f"no {what} column (looked for {looked}); columns are "
+                            f"{names}; name it with {flag}= (--{flag})")
+    return i
+
+  ti = _index(path, time_column, ncols, names, "time_column")
+  if ti is None:
+    ti = first(lambda n: n in TIME_ALIASES)
+    if ti is None:
+      ti = first(lambda n: n.startswith(("hjd", "bjd", "mjd", "jd")) and not _err_like(n))
+  need(ti, "time", ", ".join(TIME_ALIASES) + ", hjd*/bjd*/mjd*/jd*", "time_column")
+  mi = _index(path, mag_column, ncols, names, "mag_column")
+  if mi is None:
+    mi = first(lambda n: n in MAG_ALIASES, (ti,))
+    if mi is None:
+      mi = first(lambda n: (n.startswith("mag") or n.endswith("mag")) and not _err_like(n),
+                 (ti,))
+  need(mi, "magnitude", ", ".join(MAG_ALIASES) + ", mag*, *mag", "mag_column")
+  ei = _index(path, err_column, ncols, names, "err_column")
+  if ei is None:
+    if mi + 1 < ncols and _err_like(norm[mi + 1]):
+      ei = mi + 1
+    else:
+      ei = first(lambda n: n in ERR_ALIASES, (ti, mi))
+    if ei is None:
+      errs = [i for i, n in enumerate(norm) if i not in (ti, mi) and _err_like(n)]
+      if len(errs) > 1:
+        raise LightCurveError(path, f"several error columns {[names[i] for i in errs]} and "
+                              f"none follows the magnitude {names[mi]!r}; name one with "
+                              "err_column= (--err_column)")
+      ei = errs[0] if errs else None
+  return ti, mi, ei
+
+
+def _index(path, column, ncols, names, flag):
+  """The 0-based index a `*_column` override names, or None if not given."""
+  if column is None:
+    return None
+  if isinstance(column, (int, np.integer)) or str(column).strip().isdigit():
+    i = int(column)
+    if not 0 <= i < ncols:
+      raise LightCurveError(path, f"{flag}={column}: the file has {ncols} columns, numbered "
+                            f"0..{ncols - 1}")
+    return i
+  if names is None:
+    raise LightCurveError(path, f"{flag}={column!r}: the file has no header line; give the "
+                          f"column's number (0-based, 0..{ncols - 1})")
+  hits = [i for i, n in enumerate(names) if _norm(n) == _norm(column)]
+  if not hits:
+    raise LightCurveError(path, f"{flag}={column!r}: no such column; columns are {names}")
+  return hits[0]
+
+
+def _numbers(path, values, label):
+  """float64 array of a column; empty/NaN-like fields become NaN (dropped later)."""
+  if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+    if values.ndim != 1:
+      raise LightCurveError(path, f"column {label} holds arrays of shape {values.shape[1:]} "
+                            "per row; name a column of numbers")
+    return values.astype(np.float64)
+  try:
+    return np.array(values, dtype=np.float64)
+  except ValueError:
+    pass
+  out = np.empty(len(values))
+  for i, v in enumerate(values):
+    v = str(v).strip()
+    try:
+      out[i] = float(v)
+    except ValueError:
+      if v.lower() not in MISSING_TEXT:
+        raise LightCurveError(path, f"column {label}, data row {i + 1}: {v!r} is not a number; "
+                              "times must be days (MJD, HJD, JD), magnitudes and errors "
+                              "numbers: fix the row or name other columns") from None
+      out[i] = np.nan
+  return out

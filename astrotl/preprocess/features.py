@@ -51,6 +51,27 @@ from astrotl.preprocess import periodogram
 FEATURES = ("amplitude", "hl_amp_ratio", "kurtosis", "period", "phase_cusum", "phase_eta",
             "phi21", "phi31", "quartile31", "r21", "r31", "shapiro_w", "skewness",
             "slope_per10", "slope_per90", "stetson_k")
+# name -> (description, unit), for catalogs of features (definitions above)
+INFO = {
+    "amplitude": ("first-harmonic amplitude of the 3-harmonic Fourier fit at the period", "mag"),
+    "hl_amp_ratio": ("weighted spread fainter than the median over that brighter than it", ""),
+    "kurtosis": ("kurtosis of the magnitudes (biased, Fisher)", ""),
+    "period": ("period at the highest Lomb power on UPSILoN's frequency grid", "d"),
+    "phase_cusum": ("range of the cumulative sum of magnitudes folded at twice the period", ""),
+    "phase_eta": ("von Neumann eta of magnitudes folded at twice the period", ""),
+    "phi21": ("Fourier phase difference phi2 - 2 phi1 (depends on the time origin)", "rad"),
+    "phi31": ("Fourier phase difference phi3 - 3 phi1 (depends on the time origin)", "rad"),
+    "quartile31": ("75th minus 25th percentile of the magnitudes", "mag"),
+    "r21": ("Fourier amplitude ratio A2 / A1", ""),
+    "r31": ("Fourier amplitude ratio A3 / A1", ""),
+    "shapiro_w": ("Shapiro-Wilk W of the magnitudes", ""),
+    "skewness": ("skewness of the magnitudes (biased)", ""),
+    "slope_per10": ("10th percentile of phase step / magnitude step, folded at twice the period",
+                    "d / mag"),
+    "slope_per90": ("90th percentile of phase step / magnitude step, folded at twice the period",
+                    "d / mag"),
+    "stetson_k": ("Stetson K index of the error-weighted residuals from the median", ""),
+}
 MIN_POINTS = 10
 FOURIER_ORDER = 3
 

@@ -56,7 +56,7 @@ def _reasons(time, mag, err, mask):
   return reason
 
 
-def _bucket(nblocks):
+def bucket(nblocks):
   """Rounds up to 8 steps per octave (and to SUB), so similar batches share one compile."""
   step = max(SUB, 2 ** (int(np.log2(max(nblocks, 1))) - 3))
   return -(-nblocks // step) * step
@@ -322,7 +322,7 @@ def extract_batch(time, mag, err=None, mask=None, *, min_period=periodogram.MIN_
     t = time[i, mask[i]]
     df[i], nout[i] = periodogram.frequency_grid(float(t.max() - t.min()), int(count[i]),
                                                 min_period)
-  nblocks = _bucket(-(-int(nout.max()) // block))
+  nblocks = bucket(-(-int(nout.max()) // block))
   swcoef = shapiro.coefficient_rows(count, mag.shape[1])
 
   b = len(time)

@@ -77,9 +77,9 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   `.saved` = the number of inputs saved so far.
   """
   t_start = time.time()
-  _check_ranges(threshold=threshold, radius=radius, batch_size=batch_size,
-                chunk_size=chunk_size, workers=workers, time_limit=time_limit, top=top,
-                min_snr=min_snr, max_missing=max_missing)
+  check_ranges(threshold=threshold, radius=radius, batch_size=batch_size,
+               chunk_size=chunk_size, workers=workers, time_limit=time_limit, top=top,
+               min_snr=min_snr, max_missing=max_missing)
   found, known_cat, m, rule = prepare(spectra, catalog, root, path_column, allow_outside_root,
                                       known, known_ra_column, known_dec_column, radius, model,
                                       select, threshold, min_snr, veto)
@@ -109,7 +109,7 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
     if todo:
       run.warm_up()
       times["compile"] = time.time() - t0
-      _scan_chunks(run, pool, store, todo, found, me, progress and main, n_todo)
+      run_chunks(run, pool, store, todo, found, me, progress and main, n_todo)
     seconds = time.time() - t0
   except BaseException:
     store.close()
@@ -172,13 +172,18 @@ def prepare(spectra, catalog, root, path_column, allow_outside_root, known, know
   return found, known_cat, m, candidate_rule(m, select, threshold, min_snr, veto)
 
 
-def _scan_chunks(run, pool, store, todo, found, process, progress, n_todo):
-  """Decodes (ahead, in the pool), runs and saves (in the writer) every chunk of `todo`."""
+def run_chunks(run, pool, store, todo, found, process, progress, n_todo, unit="spec"):
+  """Decodes (ahead, in the pool), runs and saves (in the writer) every chunk of `todo`.
+
+  `run.scan_chunk(results, first input, found)` -> (arrow table, [(file, reason)]) makes a
+  chunk's rows from the pool's results (the scan's `runner.Runner`; light curves have
+  their own); `unit` names an input in the progress bar.
+  """
   from astrotl.scan import runner
   bar = None
   if progress:
     from tqdm import tqdm
-    bar = tqdm(total=n_todo, unit="spec", dynamic_ncols=True, smoothing=0.1, desc="saved")
+    bar = tqdm(total=n_todo, unit=unit, dynamic_ncols=True, smoothing=0.1, desc="saved")
   writer = runner.Writer(store, process, lambda i, n: bar.update(n) if bar else None)
   tasks = runner.chunk_tasks(store, todo, found.paths)
   ahead = 4 * max(pool.n, 1)  # tasks queued beyond the one being consumed
@@ -207,7 +212,8 @@ def _scan_chunks(run, pool, store, todo, found, process, progress, n_todo):
       bar.close()
 
 
-def _check_ranges(**values):
+def check_ranges(**values):
+  """Raises InputError naming the first flag whose value is out of its range."""
   checks = {
       "threshold": lambda v: v is None or 0.0 <= v <= 1.0,
       "radius": lambda v: v > 0,
@@ -218,11 +224,12 @@ def _check_ranges(**values):
       "top": lambda v: v >= 0,
       "min_snr": lambda v: v is None or v >= 0,
       "max_missing": lambda v: 0.0 <= v <= 1.0,
+      "max_file_mb": lambda v: v > 0,
   }
   wanted = {"threshold": "in [0, 1]", "radius": "> 0 (arcsec)", "batch_size": ">= 1",
             "chunk_size": ">= 0 (0 = automatic)", "workers": ">= 0 (0 = decode in this process)",
             "time_limit": "> 0 (seconds)", "top": ">= 0", "min_snr": ">= 0",
-            "max_missing": "in [0, 1]"}
+            "max_missing": "in [0, 1]", "max_file_mb": "> 0 (MB)"}
   for name, value in values.items():
     if not checks[name](value):
       raise InputError(f"--{name}={value}: must be {wanted[name]}")

@@ -106,7 +106,7 @@ class Store:
         old = json.loads(path.read_text())
       except (OSError, json.JSONDecodeError):
         old = {}
-      for key in ("inputs_sha256", "n_inputs", "chunk_size", "model", "cascade"):
+      for key in ("inputs_sha256", "n_inputs", "chunk_size", "model", "cascade", "reader"):
         if old.get(key) != manifest.get(key):
           done = len(list(self.chunks.glob("chunk_*.parquet")))
           if not done:  # nothing to protect: start over

@@ -1,8 +1,10 @@
-"""What to scan: spectrum files from folders, globs or a catalog, resolved before any work.
+"""What to scan: files from folders, globs or a catalog, resolved before any work.
 
-Folders are walked without following links, and every entry whose name ends in a spectrum
-suffix is an input, whatever it is (a folder named x.fits.gz, a dangling link): the reader
-then reports it, so every input ends in exactly one of predictions and errors.
+The scan reads spectra (SUFFIXES); `python -m astrotl.classify_lightcurves` uses the same
+listing with light-curve suffixes.  Folders are walked without following links, and every
+entry whose name ends in one of the suffixes is an input, whatever it is (a folder named
+x.fits.gz, a dangling link): the reader then reports it, so every input ends in exactly
+one of predictions and errors.
 
 Catalog paths are resolved against --root (default: the catalog's folder): a listed
 `.fits` also matches `.fits.gz` on disk and the other way round, and when the archive
@@ -59,8 +61,13 @@ class Inputs:
 
 
 def from_spectra(text) -> Inputs:
-  """Files named by folders, files or globs (comma-separated text, or a list), sorted and
-  unique."""
+  """Spectrum files named by folders, files or globs (comma-separated text, or a list)."""
+  return from_files(text, SUFFIXES, "--spectra")
+
+
+def from_files(text, suffixes, flag: str) -> Inputs:
+  """Files named by folders (files ending in `suffixes` below them), files or globs, as
+  comma-separated text or a list; sorted and unique; `flag` names the option in messages."""
   items = text.split(",") if isinstance(text, str) else [str(t) for t in text]
   text = text if isinstance(text, str) else f"{len(items)} paths"
   found = []
@@ -69,38 +76,54 @@ def from_spectra(text) -> Inputs:
       continue
     p = pathlib.Path(item)
     if p.is_dir():
-      found += _walk(p)
+      found += _walk(p, suffixes)
     elif glob.has_magic(item):
       matches = glob.glob(item, recursive=True)
       if not matches:
-        raise InputError(f"--spectra={item}: the pattern matches nothing")
+        raise InputError(f"{flag}={item}: the pattern matches nothing")
       for m in matches:
-        found += _walk(pathlib.Path(m)) if os.path.isdir(m) and not os.path.islink(m) else [m]
+        found += (_walk(pathlib.Path(m), suffixes) if os.path.isdir(m) and not os.path.islink(m)
+                  else [m])
     elif os.path.lexists(item):
       found.append(item)
     else:
-      raise InputError(f"--spectra={item}: no such folder or file")
+      raise InputError(f"{flag}={item}: no such folder or file")
   paths = sorted(set(found))
   if not paths:
-    raise InputError(f"no input spectra found in {text} (looked for files named "
-                     f"{', '.join('*' + s for s in SUFFIXES)})")
+    raise InputError(f"no input files found in {text} (looked for files named "
+                     f"{', '.join('*' + s for s in suffixes)})")
   return Inputs(paths, text)
 
 
-def _walk(folder: pathlib.Path) -> list:
+def _walk(folder: pathlib.Path, suffixes) -> list:
   out = []
   for root, dirs, files in os.walk(folder):  # never follows links: no loops
     for name in files + dirs:
-      if name.lower().endswith(SUFFIXES):
+      if name.lower().endswith(suffixes):
         out.append(os.path.join(root, name))
-    dirs[:] = [d for d in dirs if not d.lower().endswith(SUFFIXES)]
+    dirs[:] = [d for d in dirs if not d.lower().endswith(suffixes)]
   return out
 
 
-def from_catalog(path, root=None, path_column=None, allow_outside_root=False) -> Inputs:
+def is_catalog(path, path_column=None) -> bool:
+  """True when `path` is a CSV/FITS table with a file-path column (`path_column`, or one
+  of io.catalog.PATH_ALIASES) rather than an input file itself."""
+  if not os.path.isfile(path) or not os.fspath(path).lower().endswith(io_catalog.SUFFIXES):
+    return False
+  if path_column:
+    return True
+  try:
+    table = io_catalog.read_table(path)
+  except io_catalog.CatalogError:
+    return False
+  return io_catalog.find_column(table, io_catalog.PATH_ALIASES) is not None
+
+
+def from_catalog(path, root=None, path_column=None, allow_outside_root=False,
+                 suffixes=SUFFIXES, flag="--catalog") -> Inputs:
   """Files listed by a catalog (see the module docstring)."""
   if not os.path.isfile(path):
-    raise InputError(f"--catalog={path}: no such file")
+    raise InputError(f"{flag}={path}: no such file")
   try:
     rel, table = io_catalog.catalog_paths(path, path_column)
   except io_catalog.CatalogError as e:
@@ -120,7 +143,7 @@ def from_catalog(path, root=None, path_column=None, allow_outside_root=False) ->
     found = _existing(full)
     if found is None:
       if by_name is None:
-        by_name = _names_under(base)
+        by_name = _names_under(base, suffixes)
       found = _by_name(by_name, full)
     if found is None:
       missing += 1
@@ -147,12 +170,12 @@ def _existing(path):
   return twin if os.path.lexists(twin) else None
 
 
-def _names_under(base) -> dict:
+def _names_under(base, suffixes) -> dict:
   """file name -> paths under `base`, for catalogs whose folder layout is absent."""
   out = {}
   for root, _, files in os.walk(base):
     for name in files:
-      if name.lower().endswith(SUFFIXES):
+      if name.lower().endswith(suffixes):
         out.setdefault(name, []).append(os.path.join(root, name))
   return out
 

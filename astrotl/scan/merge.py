@@ -27,7 +27,7 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
     raise RuntimeError(f"{out}: chunks {missing[:10]} are not finished; re-run the same "
                        "command to finish them")
   score = rule["score"] if rule else None
-  lengths = _string_lengths(store)
+  lengths = string_lengths(store)
   writer, errors, scores, eligible, cands, best = None, [], [], [], [], None
   classes = {}
   class_col = "class1" if "class1" in model.columns() else (
@@ -39,7 +39,8 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
       errors += errs
       t = _add_columns(t, model, rule, known)
       if writer is None:
-        writer = pq.ParquetWriter(tmp, _schema_with_meta(t.schema, model, inputs, known, lengths))
+        info = column_info(model, inputs, known, t.schema.names)
+        writer = pq.ParquetWriter(tmp, schema_with_meta(t.schema, info, lengths))
       writer.write_table(t.cast(writer.schema))
       if class_col:
         for c, n in zip(*np.unique(t[class_col].to_numpy(zero_copy_only=False).astype(str),
@@ -61,7 +62,7 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
       os.replace(tmp, out / "predictions.parquet")
   finally:
     tmp.unlink(missing_ok=True)
-  write_atomic(out / "errors.csv", lambda p: _write_csv(p, ["file", "reason"], errors))
+  write_atomic(out / "errors.csv", lambda p: write_csv(p, ["file", "reason"], errors))
   cand = pa.concat_tables(cands) if cands else None
   if cand is not None and cand.num_rows:
     order = np.argsort(-np.nan_to_num(_numpy(cand[score]).astype(float), nan=-np.inf),
@@ -116,17 +117,17 @@ def column_info(model, inputs, known, names):
   return {n: info.get(n, ("", "", "")) for n in names}
 
 
-def _schema_with_meta(schema, model, inputs, known, lengths):
-  """The arrow schema plus astropy's table metadata (units, descriptions, string widths)."""
+def schema_with_meta(schema, info, lengths):
+  """The arrow schema plus astropy's table metadata (units, descriptions, string widths);
+  info: {column: (description, unit, ...)}."""
   from astropy.table import Table, meta
-  info = column_info(model, inputs, known, schema.names)
   t = Table()
   for f in schema:
     kind = f.type
     dtype = "U1" if str(kind) == "string" else "bool" if str(kind) == "bool" else (
         "i8" if str(kind) == "int64" else "f4" if str(kind) == "float" else "f8")
     t[f.name] = np.zeros(0, dtype)
-    desc, unit, _ = info[f.name]
+    desc, unit = info.get(f.name, ("", ""))[:2]
     t[f.name].description = desc or None
     t[f.name].unit = unit or None
   md = {"table_meta_yaml": "\n".join(meta.get_yaml_from_table(t))}
@@ -134,7 +135,7 @@ def _schema_with_meta(schema, model, inputs, known, lengths):
   return schema.with_metadata({k.encode(): v.encode() for k, v in md.items()})
 
 
-def _string_lengths(store) -> dict:
+def string_lengths(store) -> dict:
   """Longest value of each string column over all chunks (astropy needs the widths)."""
   import pyarrow.compute as pc
   import pyarrow.parquet as pq
@@ -163,7 +164,6 @@ def _best(best, t, score, top):
 
 def write_candidates(out, cand, model, inputs, rule, known):
   """candidates.fits (TTYPEn comments and TCOMMn for TOPCAT) and candidates.vot (UCDs)."""
-  from astropy.io import fits
   from astropy.io.votable import from_table
   t = to_astropy(cand, model, inputs, known) if cand is not None else _empty_table(model, inputs)
   t.meta = {"RULE": rules.describe(rule)[:60] if rule else "none",
@@ -171,14 +171,7 @@ def write_candidates(out, cand, model, inputs, rule, known):
             "KNOWNCAT": os.path.basename(known.path)[:60] if known is not None else "none"}
   if known is not None:
     t.meta["RADIUS"] = known.radius
-  hdu = fits.table_to_hdu(t)
-  for i, name in enumerate(t.colnames, start=1):
-    desc = t[name].description or ""
-    if desc:
-      hdu.header.comments[f"TTYPE{i}"] = desc[:46]
-      hdu.header[f"TCOMM{i}"] = desc[:68]
-  write_atomic(out / "candidates.fits",
-               lambda p: fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(p, overwrite=True))
+  write_atomic(out / "candidates.fits", lambda p: write_fits(p, t))
   vot = from_table(t)
   info = column_info(model, inputs, known, t.colnames)
   for field in vot.get_first_table().fields:
@@ -188,10 +181,27 @@ def write_candidates(out, cand, model, inputs, rule, known):
   write_atomic(out / "candidates.vot", lambda p: vot.to_xml(str(p)))
 
 
+def write_fits(path, t):
+  """An astropy Table as FITS, with each description also in the TTYPEn comment and
+  TCOMMn (TOPCAT shows those; astropy keeps descriptions only in its own comment)."""
+  from astropy.io import fits
+  hdu = fits.table_to_hdu(t)
+  for i, name in enumerate(t.colnames, start=1):
+    desc = t[name].description or ""
+    if desc:
+      hdu.header.comments[f"TTYPE{i}"] = desc[:46]
+      hdu.header[f"TCOMM{i}"] = desc[:68]
+  fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
+
+
 def to_astropy(arrow_table, model, inputs, known):
   """An astropy Table with masked nulls, units and descriptions."""
+  return astropy_table(arrow_table, column_info(model, inputs, known, arrow_table.column_names))
+
+
+def astropy_table(arrow_table, info):
+  """An astropy Table with masked nulls; info: {column: (description, unit, ...)}."""
   from astropy.table import MaskedColumn, Table
-  info = column_info(model, inputs, known, arrow_table.column_names)
   t = Table()
   for name in arrow_table.column_names:
     col = arrow_table[name]
@@ -201,7 +211,7 @@ def to_astropy(arrow_table, model, inputs, known):
       v = np.array(["" if x is None else str(x) for x in v])
     elif v.dtype.kind == "f" and str(col.type) == "int64":
       v = np.nan_to_num(v).astype(np.int64)
-    desc, unit, _ = info[name]
+    desc, unit = info.get(name, ("", ""))[:2]
     t[name] = MaskedColumn(v, mask=null, description=desc or None, unit=unit or None)
   return t
 
@@ -213,7 +223,7 @@ def _empty_table(model, inputs):
                     None)
 
 
-def _write_csv(path, header, rows):
+def write_csv(path, header, rows):
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(header)

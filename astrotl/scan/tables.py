@@ -49,7 +49,8 @@ def schema(model, carried=()) -> dict:
   return out
 
 
-def _arrow(values, kind=None):
+def to_arrow(values, kind=None):
+  """An arrow array of `values` with nulls for None, '' and NaN (kind: 'str', 'int')."""
   import pyarrow as pa
   if kind == "str":
     return pa.array([None if v is None or str(v) == "" else str(v) for v in values], pa.string())
@@ -69,17 +70,17 @@ def chunk_table(model, files, metas, outs, inputs=None, first=0):
   """The arrow table of one chunk: file, header values, carried catalog columns and the
   model's outputs (null where a cascade skipped a network)."""
   import pyarrow as pa
-  cols = {"file": _arrow(files, "str")}
+  cols = {"file": to_arrow(files, "str")}
   for name, key in _META.items():
     vals = [m.get(key) for m in metas]
-    cols[name] = _arrow(vals, "int" if name in _INT else "str" if name in _STR else None)
+    cols[name] = to_arrow(vals, "int" if name in _INT else "str" if name in _STR else None)
   if inputs is not None and inputs.carried():
     rows = inputs.catalog_rows(files, first)
     for c in inputs.carried():
-      cols[f"cat_{c}"] = _arrow(np.asarray(inputs.table[c])[rows])
+      cols[f"cat_{c}"] = to_arrow(np.asarray(inputs.table[c])[rows])
   out_cols = model.outputs_to_columns(outs) if files else {}
   for name in list(model.columns()) + ["snr"]:
     text = name in ("class1", "pred_class")
     values = out_cols.get(name, np.zeros(0, str if text else np.float32))
-    cols[name] = _arrow(values, "str" if text else None)
+    cols[name] = to_arrow(values, "str" if text else None)
   return pa.table(cols)

@@ -1,0 +1,111 @@
+"""The command line of classify_lightcurves (see astrotl.classify_lightcurves).
+
+Exit codes, as the scan's: 0 done; 1 done, but more than --max_missing of the catalog's
+files were not found; 2 a usage error (one line, no traceback; nothing was read);
+130 / 143 interrupted by SIGINT / SIGTERM (finished chunks are kept: re-run the command).
+"""
+
+import os
+import signal
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+PROG = "astrotl.classify_lightcurves"
+
+
+def define_flags():
+  f = flags
+  f.DEFINE_string("lightcurves", None, "Folders (searched recursively), files or globs of "
+                  "light-curve files, comma-separated, or one catalog (CSV/FITS with a file "
+                  "column).  Default: the two EROS-2 sample curves bundled with astrotl.")
+  f.DEFINE_string("root", None, "Folder the catalog's paths are relative to (default: the "
+                  "catalog's folder).")
+  f.DEFINE_string("path_column", None, "Catalog column holding file paths.")
+  f.DEFINE_bool("allow_outside_root", False, "Read catalog paths that lead outside --root.")
+  f.DEFINE_float("max_missing", 0.5, "Exit with code 1 if more than this fraction of the "
+                 "catalog's files are missing.")
+  f.DEFINE_string("model", None, "Light-curve model bundle (.npz) or bundled name.  Default: "
+                  "upsilont (Kim et al. 2021).")
+  f.DEFINE_string("time_column", None, "Time column (name or 0-based number); default: found "
+                  "by name (time, hjd, mjd, jd, date, ...), else the first column.")
+  f.DEFINE_string("mag_column", None, "Magnitude column; default: mag/magnitude, else the "
+                  "first mag* or *mag column (MagR in UPSILoN's .time files).")
+  f.DEFINE_string("err_column", None, "Magnitude-error column; default: the error column "
+                  "after the magnitude, or err/magerr/sigma/...; none: std(mag) is used.")
+  f.DEFINE_float("max_file_mb", 64.0, "Larger files (also once decompressed) are errors.")
+  f.DEFINE_string("out", "astrotl-lightcurves", "Output folder.")
+  f.DEFINE_integer("batch_size", 256, "Curves per network call.")
+  f.DEFINE_integer("chunk_size", 0, "Curves per saved chunk (0: about 1/20 of the inputs, "
+                   "64-4096).")
+  f.DEFINE_integer("workers", None, "Reading processes (default: none for fewer than 200 "
+                   "inputs, else the CPU count; 0 reads in this process).")
+  f.DEFINE_float("time_limit", 60.0, "Seconds one file may take to read (with workers).")
+  f.DEFINE_string("compile_cache", os.path.join("~", ".cache", "astrotl", "jax"),
+                  "Folder where compiled feature functions are kept between runs (they take "
+                  "~10 s each to compile); '' for none.")
+  f.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def _fail(message, code=2):
+  print(f"{PROG}: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def main(argv):
+  from astrotl import bundle
+  from astrotl import classify_lightcurves as clc
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # no backend chatter unless asked for
+
+  def interrupt(signum, frame):
+    raise clc.Interrupted(signum)
+
+  signal.signal(signal.SIGINT, interrupt)
+  signal.signal(signal.SIGTERM, interrupt)
+  F = FLAGS
+  if F.compile_cache:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(F.compile_cache))
+  try:
+    s = clc.classify(
+        lightcurves=F.lightcurves, out=F.out, model=F.model, root=F.root,
+        path_column=F.path_column, allow_outside_root=F.allow_outside_root,
+        max_missing=F.max_missing, time_column=F.time_column, mag_column=F.mag_column,
+        err_column=F.err_column, max_file_mb=F.max_file_mb, batch_size=F.batch_size,
+        chunk_size=F.chunk_size, workers=F.workers, time_limit=F.time_limit,
+        progress=F.progress)
+  except (clc.InputError, clc.OutputError, bundle.BundleError, FileNotFoundError) as e:
+    _fail(str(e))
+  except (clc.Interrupted, KeyboardInterrupt) as e:
+    signum = getattr(e, "signum", signal.SIGINT)
+    saved = getattr(e, "saved", None)
+    what = f"{saved} inputs are saved in {F.out}" if saved is not None else "nothing was lost"
+    _fail(f"interrupted ({signal.Signals(signum).name}): {what}; re-run the same command to "
+          "resume", 128 + signum)
+  rate = s.get("curves_per_second")
+  top = ", ".join(f"{c} {n}" for c, n in list(s["predicted_classes"].items())[:5])
+  print(f"{PROG}: {s['n_classified']} curves classified ({top or 'none'}), {s['n_errors']} "
+        f"without a prediction (errors.csv); this run {s['files_this_run']} inputs in "
+        f"{s['seconds']:.1f} s" + (f" ({rate:.3g} curves/s)" if rate else "") + f" -> {F.out}")
+  if s["too_many_missing"]:
+    _fail(f"WARNING: {s['n_missing_files']} of {s['n_inputs']} catalog files were not found "
+          f"(more than --max_missing={F.max_missing}); they are listed in {F.out}/errors.csv. "
+          "Check --root.", 1)
+
+
+def run():
+  define_flags()
+  if {"--help", "-h", "-?", "--helpshort"} & set(sys.argv[1:]):
+    import astrotl.classify_lightcurves as clc
+    print(clc.__doc__.rstrip() + "\n\n" + __doc__ + "\nFlags:")
+    print(FLAGS.main_module_help())
+    sys.exit(0)  # absl exits 1 after --help
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
