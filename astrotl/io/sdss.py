@@ -5,58 +5,45 @@ Layout (idlspec2d, SDSS-III/IV): HDU1 `COADD` is a table with one row per pixel
 holds the pipeline's classification.  Wavelengths are vacuum, flux is in
 1e-17 erg/s/cm^2/A.  A pixel is bad where ivar <= 0, flux is not finite, or any
 AND_MASK bit is set (the condition held in every exposure).
+
+The file is opened, inflated and its structure checked by astrotl.io.fitsraw (regular
+files only, bounded reads, every HDU present: astropy alone would silently drop the
+HDUs after a truncation point, and the COADD sits near the start), then decoded with
+astropy; the spectrum must pass astrotl.io.check_spectrum.
 """
 
-import gzip
 import io
 import os
-import zlib
 
 import numpy as np
 from astropy.io import fits
 
-from astrotl.io import Spectrum, SpectrumError
+from astrotl import io as aio
+from astrotl.io import Spectrum, SpectrumError, fitsraw
 
+SURVEY = "SDSS"
 _SNR_BANDS = ("u", "g", "r", "i", "z")
 
 
 def read(path) -> Spectrum:
   """Reads one SDSS/BOSS spec file; raises SpectrumError naming the file for bad input."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise SpectrumError(path, "no such file")
-  if os.path.getsize(path) == 0:
-    raise SpectrumError(path, "empty file")
+  return from_hdus(fitsraw.read(path), path)
+
+
+def from_hdus(hdus, path) -> Spectrum:
+  """`read` for a file already opened with fitsraw.read (used by astrotl.io.read)."""
+  for h in hdus[1:]:
+    if h.kind == "BINTABLE":
+      h.columns()  # column widths add up, no two columns share a name
   try:
-    raw = _file_bytes(path)
-    with fits.open(io.BytesIO(raw), memmap=False) as hdus:
-      return _read_open(path, hdus)
+    with fits.open(io.BytesIO(hdus[0].buf), memmap=False) as hdul:
+      return _read_open(path, hdul)
   except SpectrumError:
     raise
-  except (OSError, EOFError, zlib.error) as e:
+  except (OSError, EOFError) as e:
     raise SpectrumError(path, f"not a readable FITS file ({type(e).__name__}: {e})") from e
-  except (ValueError, TypeError, KeyError, IndexError) as e:
+  except Exception as e:  # astropy raises many exception types for damaged files
     raise SpectrumError(path, f"malformed SDSS spec file ({type(e).__name__}: {e})") from e
-
-
-def _file_bytes(path):
-  """The whole (decompressed) file.
-
-  astropy silently drops the HDUs after a truncation point, and the COADD sits near
-  the start, so a cut-off download would otherwise read as a good spectrum.
-  """
-  with open(path, "rb") as f:
-    raw = f.read()
-  if raw[:2] == b"\x1f\x8b":
-    try:
-      raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-      raise SpectrumError(path, f"truncated or corrupt gzip stream ({e})") from e
-  if not raw.startswith(b"SIMPLE  ="):
-    raise SpectrumError(path, "not a FITS file (no SIMPLE card at the start)")
-  if len(raw) % 2880:
-    raise SpectrumError(path, f"truncated FITS file ({len(raw)} bytes, not a multiple of 2880)")
-  return raw
 
 
 def _read_open(path, hdus):
@@ -81,15 +68,17 @@ def _read_open(path, hdus):
   ivar = np.asarray(data[cols["ivar"]], np.float32)
   if not np.all(np.isfinite(loglam)) or np.any(np.diff(loglam) <= 0):
     raise SpectrumError(path, "loglam is not finite and strictly increasing")
-  mask = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar <= 0)
+  mask = ~np.isfinite(flux) | ~np.isfinite(ivar) | ~(ivar > 0)
   if "and_mask" in cols:
     mask |= np.asarray(data[cols["and_mask"]]) != 0
   if mask.all():
     raise SpectrumError(path, "all pixels are bad (ivar = 0, non-finite or AND_MASK set)")
   flux = np.where(mask, 0.0, flux).astype(np.float32)
   ivar = np.where(mask, 0.0, ivar).astype(np.float32)
+  wavelength = 10.0 ** loglam
+  aio.check_spectrum(path, SURVEY, wavelength, flux, ivar, mask)
   meta = _meta(path, hdus[0].header, _spall_row(hdus, names))
-  return Spectrum(wavelength=10.0 ** loglam, flux=flux, ivar=ivar, mask=mask, meta=meta)
+  return Spectrum(wavelength=wavelength, flux=flux, ivar=ivar, mask=mask, meta=meta)
 
 
 def _spall_row(hdus, names):
