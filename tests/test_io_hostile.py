@@ -344,6 +344,7 @@ def test_fuzzed_real_files(shared_data, tmp_path):
   assert summary["exceptions_other_than_SpectrumError"] == 0, summary["failures"]
   assert summary["arrays_differing_fast_vs_astropy"] == 0, summary["failures"]
   assert summary["arrays_differing_vs_astropy_on_file"] == 0, summary["failures"]
-  assert summary["max_case_seconds"] < fuzz.MAX_SECONDS, summary["slowest_case"]
+  # CPU time: wall time on a shared CI machine measures the neighbours too.
+  assert summary["max_decode_cpu_seconds"] < fuzz.MAX_SECONDS, summary["slowest_case"]
   assert summary["decode_outcomes"].get("ok", 0) >= 15, summary["decode_outcomes"]
   assert summary["fast_vs_astropy_decoding"].get("same", 0) >= 15

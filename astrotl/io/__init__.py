@@ -79,24 +79,30 @@ def check_spectrum(path, survey, wavelength, flux, ivar, mask) -> tuple[float, f
   lo, hi = limits.pixels
   if not lo <= n <= hi:
     raise SpectrumError(path, f"pixels: {n}, but a {survey} spectrum has {lo}-{hi}")
-  if not (np.isfinite(wavelength).all() and wavelength[0] > 0
-          and (wavelength[1:] > wavelength[:-1]).all()):
-    raise SpectrumError(path, "wavelength is not positive, finite and increasing")
+  # Distance from the log-linear grid through the end points, in pixels.  Natural log in
+  # float32 (numpy vectorises it; log10 is 4x slower) is good to ~0.005 pixel, and NaN,
+  # zero or negative wavelengths make it NaN or infinite, so one test covers them all.
+  with np.errstate(all="ignore"):
+    ln0, ln1 = np.log(wavelength[[0, -1]])
+    step = float(ln1 - ln0) / (n - 1)
+    off = np.log(wavelength.astype(np.float32))
+    off -= np.float32(ln0)
+    off -= np.float32(step) * _ARANGE[:n]
+    off = float(np.abs(off).max()) / step
+  dloglam = step / _LN10
+  if not (DLOGLAM[0] <= dloglam <= DLOGLAM[1] and off <= MAX_OFF_GRID):
+    if not (np.isfinite(wavelength).all() and wavelength[0] > 0
+            and (wavelength[1:] > wavelength[:-1]).all()):
+      raise SpectrumError(path, "wavelength is not positive, finite and increasing")
+    if not DLOGLAM[0] <= dloglam <= DLOGLAM[1]:
+      raise SpectrumError(path, f"wavelength step: {dloglam:.3g} in log10(A) per pixel, "
+                          f"outside the plausible {DLOGLAM[0]:g}-{DLOGLAM[1]:g}")
+    raise SpectrumError(path, f"wavelength is not log-linear (off by {off:.2f} pixel)")
   first, last = float(wavelength[0]), float(wavelength[-1])
   lo, hi = limits.wavelength
   if first < lo or last > hi:
     raise SpectrumError(path, f"wavelength: {first:.0f}-{last:.0f} A, outside the "
                         f"{lo:.0f}-{hi:.0f} A a {survey} spectrograph records")
-  loglam = np.log10(wavelength)
-  loglam0 = float(loglam[0])
-  dloglam = float(loglam[-1] - loglam0) / (n - 1)
-  if not DLOGLAM[0] <= dloglam <= DLOGLAM[1]:
-    raise SpectrumError(path, f"wavelength step: {dloglam:.3g} in log10(A) per pixel, "
-                        f"outside the plausible {DLOGLAM[0]:g}-{DLOGLAM[1]:g}")
-  loglam -= loglam0 + dloglam * _ARANGE[:n]
-  off = float(np.abs(loglam).max()) / dloglam
-  if not off <= MAX_OFF_GRID:
-    raise SpectrumError(path, f"wavelength is not log-linear (off by {off:.2f} pixel)")
   # abs(NaN) <= x is False, so one comparison finds non-finite and huge values alike.
   if not (mask | (np.abs(flux) <= MAX_VALUE)).all():
     raise SpectrumError(path, f"flux: unmasked values that are not finite or exceed "
@@ -104,10 +110,11 @@ def check_spectrum(path, survey, wavelength, flux, ivar, mask) -> tuple[float, f
   if not (mask | ((ivar > 0) & (ivar <= MAX_VALUE))).all():
     raise SpectrumError(path, f"ivar: unmasked values that are not positive and finite or "
                         f"exceed {MAX_VALUE:g}")
-  return loglam0, dloglam
+  return float(ln0) / _LN10, dloglam
 
 
-_ARANGE = np.arange(max(lim.pixels[1] for lim in LIMITS.values()), dtype=np.float64)
+_ARANGE = np.arange(max(lim.pixels[1] for lim in LIMITS.values()), dtype=np.float32)
+_LN10 = float(np.log(10.0))
 
 
 def survey_of(hdus) -> str:

@@ -18,7 +18,12 @@ META_KEYS = ("obsid", "designation", "ra", "dec", "class", "subclass", "z", "snr
 
 
 def decode(path, raw_len: int = RAW_LEN):
-  """(arrays dict, meta dict) for one file; raises astrotl.io.SpectrumError."""
+  """(arrays dict, meta dict) for one file; raises astrotl.io.SpectrumError.
+
+  The file is read with astrotl.io.read, so it has passed the same checks as every
+  other read (astrotl.io.check_spectrum: pixel count, wavelength range and log-linear
+  grid, plausible step, finite values where unmasked) before it reaches the network.
+  """
   s = aio.read(path)
   u = spectra.grid_pixels(np.log10(np.asarray(s.wavelength, np.float64)))
   keep = np.flatnonzero((u >= -2) & (u <= spectra.NPIX + 1))

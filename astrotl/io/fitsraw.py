@@ -40,9 +40,13 @@ MAX_NAXIS = 999                  # the FITS standard's limit
 MAX_GZIP_MEMBERS = 10000
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# One 80-character card per match, so matches stay aligned: keyword and value of a value
+# card ("= " in columns 9-10), or nothing for any other card.
+_CARDS = re.compile(r"(.{8})= (.{70})|.{80}", re.S)
 _END = "END" + " " * 77
 _INFLATE_IN = 1 << 16            # compressed bytes fed to zlib at a time
 _INFLATE_OUT = 1 << 18           # least output asked of zlib per call
+_STREAM_CHECK_BYTES = 8 << 20    # inflated past a broken header to look for a gzip error
 
 # BITPIX -> big-endian dtype of the stored values.
 _BITPIX = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
@@ -58,8 +62,9 @@ _STRUCTURAL = re.compile(
     r"SIMPLE|XTENSION|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|GROUPS|EXTEND|THEAP|BSCALE|BZERO|BLANK"
     r"|EXTNAME|EXTVER|ZIMAGE|TFIELDS|T(FORM|TYPE|SCAL|ZERO|NULL|DIM)\d+")
 
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?")
+# A FITS integer (group 1) or real; Python's int() and float() alone would also take
+# "1_000", "nan", "inf" and non-ASCII digits.
+_NUMBER = re.compile(r"([+-]?\d+)|[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?", re.ASCII)
 
 
 class Unsupported(Exception):
@@ -233,10 +238,11 @@ class _Gunzip:
     return bytes(self.buf[:end] if end < len(self.buf) else self.buf)
 
   def check_stream(self):
-    """Raises the stream's own error, if it has one within MAX_FITS_BYTES: when the FITS
-    structure looks broken, a corrupt gzip stream is the better explanation."""
-    total = len(self.buf)
-    while not self.ended and total <= MAX_FITS_BYTES:
+    """Raises the stream's own error, if it shows within the next _STREAM_CHECK_BYTES:
+    when the FITS structure looks broken, a corrupt gzip stream is the better
+    explanation."""
+    total, stop = len(self.buf), len(self.buf) + _STREAM_CHECK_BYTES
+    while not self.ended and total <= stop:
       total += len(self._step(_INFLATE_OUT))
 
 
@@ -285,12 +291,12 @@ def card_value(text: str):
     return True
   if text == "F":
     return False
-  # Python's int() and float() also take "1_000", "nan", "inf" and non-ASCII digits.
-  if _INT.fullmatch(text):
+  number = _NUMBER.fullmatch(text)
+  if number is None:
+    return INVALID
+  if number.group(1):
     return int(text)
-  if _FLOAT.fullmatch(text):
-    return float(text.replace("D", "E").replace("d", "e"))
-  return INVALID
+  return float(text.replace("D", "E").replace("d", "e"))
 
 
 class Header:
@@ -356,8 +362,7 @@ def parse_header(src, start: int, path):
       raise SpectrumError(path, f"FITS header at byte {start} has no END card in "
                           f"{MAX_HEADER_BLOCKS} blocks")
     nblocks = min(2 * nblocks, MAX_HEADER_BLOCKS)
-  cards = [(text[i:i + 8].rstrip().upper(), text[i + 10:i + CARD])
-           for i in range(0, end, CARD) if text[i + 8:i + 10] == "= "]
+  cards = [(key.rstrip().upper(), value) for key, value in _CARDS.findall(text, 0, end) if key]
   raw = dict(reversed(cards))  # reversed: the first occurrence wins
   duplicates = frozenset()
   if len(raw) != len(cards):
