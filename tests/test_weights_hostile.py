@@ -292,6 +292,13 @@ def test_malformed_bundles_raise_checkpoint_error(tmp_path):
     make(path)
     with pytest.raises(checkpoint.CheckpointError, match=name):
       checkpoint.load_bundle(path)
+  for name in ("fifo.npz", "dir.npz", "absent.npz"):  # never opened, so nothing blocks
+    if name == "fifo.npz":
+      os.mkfifo(tmp_path / name)
+    elif name == "dir.npz":
+      (tmp_path / name).mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match=name):
+      checkpoint.load_bundle(tmp_path / name)
   # An .npy header that promises far more data than the member holds: refused before
   # any allocation.
   with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:

@@ -215,6 +215,8 @@ def read_npz(source, where=None) -> dict:
   Shared by load_npz, upsilont and astrotl.checkpoint.load_bundle.
   """
   where = where or source
+  if isinstance(source, (str, os.PathLike)):
+    source = _weights_file(source)  # never open a FIFO or a device
   try:
     with zipfile.ZipFile(source) as z:
       infos = z.infolist()
@@ -248,7 +250,6 @@ def read_npz(source, where=None) -> dict:
 
 def load_npz(path) -> dict:
   """name -> array from an `.npz` (no pickle; see read_npz)."""
-  path = _weights_file(path)
   return read_npz(path)
 
 
