@@ -157,7 +157,8 @@ def m_flip(buf, rng):
     lo = hs[0][2]
   for p in rng.integers(lo, max(hi, lo + 1), size=rng.integers(1, 9)):
     if p < len(buf):
-      buf[p] = int(rng.integers(256)) if rng.random() < 0.5 else buf[p] ^ (1 << int(rng.integers(8)))
+      flip = 1 << int(rng.integers(8))
+      buf[p] = int(rng.integers(256)) if rng.random() < 0.5 else buf[p] ^ flip
   return f"flip-{where}"
 
 

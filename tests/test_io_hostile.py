@@ -25,7 +25,8 @@ from astrotl import io as aio
 from astrotl.io import SpectrumError, batch, fitsraw, lamost, sdss
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("fuzz_readers", REPO / "benchmarks" / "fuzz_readers.py")
+_spec = importlib.util.spec_from_file_location("fuzz_readers",
+                                               REPO / "benchmarks" / "fuzz_readers.py")
 fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)
 

@@ -46,7 +46,8 @@ def _p2(*ops):
   return b"\x80\x02" + b"".join(ops) + b"."
 
 
-MARK, TUPLE, REDUCE, BUILD, NEWOBJ, EMPTY_DICT, SETITEM = b"(", b"t", b"R", b"b", b"\x81", b"}", b"s"
+MARK, TUPLE, REDUCE, BUILD, NEWOBJ = b"(", b"t", b"R", b"b", b"\x81"
+EMPTY_DICT, SETITEM = b"}", b"s"
 EMPTY_TUPLE, NEWFALSE, BINPERSID, TUPLE1 = b")", b"\x89", b"Q", b"\x85"
 
 
@@ -139,7 +140,8 @@ def test_tar_and_legacy_torch_files_are_refused_with_the_fix(tmp_path, marker):
       info = tarfile.TarInfo(name)
       info.size = len(data)
       t.addfile(info, io.BytesIO(data))
-  with pytest.raises(W.WeightsError, match="tar-format PyTorch file.*torch.save\\(model.state_dict"):
+  with pytest.raises(W.WeightsError,
+                     match="tar-format PyTorch file.*torch.save\\(model.state_dict"):
     W.load_torch(tar)
   torch = pytest.importorskip("torch")
   legacy = tmp_path / "legacy.pt"

@@ -2,10 +2,10 @@
 
 It parses 2880-byte header blocks of 80-character cards and maps the data straight
 into numpy.  It covers primary/IMAGE HDUs (with BSCALE/BZERO/BLANK) and BINTABLE HDUs
-with fixed-width numeric and character columns.  Anything else raises `Unsupported`, and callers fall
-back to astropy; malformed files raise `SpectrumError`.  It exists because astropy's
-generic machinery costs ~1.2 ms per LAMOST file (3x this reader) and ~0.5 s per BOSS
-spec file, and the survey scan reads 11 million of them.
+with fixed-width numeric and character columns.  Anything else raises `Unsupported`,
+and callers fall back to astropy; malformed files raise `SpectrumError`.  It exists
+because astropy's generic machinery costs ~1.2 ms per LAMOST file (3x this reader) and
+~0.5 s per BOSS spec file, and the survey scan reads 11 million of them.
 
 It is also the gate every spectrum file passes, on the astropy path too, because a
 survey scan reads files nobody has looked at:
@@ -37,7 +37,7 @@ MAX_TRAILING_BYTES = 2**20       # gzip data after the FITS content (real files:
 MAX_HEADER_BLOCKS = 1000         # real headers take 2-10 blocks
 MAX_HDUS = 1000                  # an SDSS spec file has ~4 + 2 per exposure
 MAX_NAXIS = 999                  # the FITS standard's limit
-MAX_GZIP_MEMBERS = 10000
+MAX_GZIP_MEMBERS = 10000         # real files: one
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # One 80-character card per match, so matches stay aligned: keyword and value of a value
@@ -120,7 +120,8 @@ def read_file(path) -> bytes:
     fd = os.open(name, flags | getattr(os, "O_CLOEXEC", 0))
   except OSError as e:
     raise SpectrumError(path, f"cannot read file: {e.strerror or e}") from None
-  with open(fd, "rb", buffering=0, closefd=True) as f:
+  # Buffered: its read(n) loops over short reads (network file systems) until n or EOF.
+  with open(fd, "rb", closefd=True) as f:
     st = os.fstat(fd)
     _check_regular(path, st)
     try:

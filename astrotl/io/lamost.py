@@ -28,7 +28,6 @@ A keyword that decides where pixels lie (LAYOUT_KEYWORDS) may occur only once.
 
 import io
 import math
-import os
 import warnings
 from typing import Any, NamedTuple
 

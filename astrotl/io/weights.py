@@ -294,7 +294,8 @@ def load_torch(path) -> dict:
   if not isinstance(obj, dict):
     raise WeightsError(f"{path}: expected a state dict or a torch module, got "
                        f"{type(obj).__name__}")
-  bad = sorted(str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, _Tensor)))
+  bad = sorted(str(k) for k, v in obj.items()
+               if not (isinstance(k, str) and isinstance(v, _Tensor)))
   if bad:
     raise WeightsError(f"{path}: entries that are not tensors: {bad}")
   return {k: v.array for k, v in obj.items()}
@@ -331,7 +332,8 @@ def _read_torch_zip(path):
     raise WeightsError(f"{path}: data.pkl nests too deeply") from None
   except (pickle.UnpicklingError, zipfile.BadZipFile, ValueError, TypeError, KeyError,
           IndexError, AttributeError, EOFError, OSError, MemoryError, OverflowError) as e:
-    raise WeightsError(f"{path}: not a readable PyTorch .pt file ({type(e).__name__}: {e})") from None
+    raise WeightsError(f"{path}: not a readable PyTorch .pt file "
+                       f"({type(e).__name__}: {e})") from None
 
 
 class _Inert:
