@@ -424,14 +424,17 @@ def _astropy_rows(path):
       if hdul[0].data is not None:
         data = hdul[0].data
         return np.asarray(data[0], np.float32), np.asarray(data[1], np.float32)
-      for h in hdul[1:]:
-        if isinstance(h, fits.BinTableHDU):
-          names = {n.upper(): n for n in h.columns.names}
-          if "FLUX" in names:
-            flux, ivar = h.data[names["FLUX"]], h.data[names["IVAR"]]
-            if names["FLUX"] == "flux":  # SDSS: one row per pixel
-              return np.asarray(flux, np.float32), np.asarray(ivar, np.float32)
-            return np.asarray(flux[0], np.float32), np.asarray(ivar[0], np.float32)
+      tables = [h for h in hdul[1:] if isinstance(h, fits.BinTableHDU)]
+      # The table named COADD first (SDSS files hold per-exposure tables with flux too).
+      tables.sort(key=lambda h: h.name.upper() != "COADD")
+      for h in tables:
+        names = {n.upper(): n for n in h.columns.names}
+        if "FLUX" not in names:
+          continue
+        flux, ivar = h.data[names["FLUX"]], h.data[names["IVAR"]]
+        if names["FLUX"] == "flux":  # SDSS: one row per pixel
+          return np.asarray(flux, np.float32), np.asarray(ivar, np.float32)
+        return np.asarray(flux[0], np.float32), np.asarray(ivar[0], np.float32)
   raise ValueError("no flux")
 
 

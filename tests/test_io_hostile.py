@@ -178,6 +178,21 @@ def test_duplicate_table_keywords_and_columns_are_refused(spectra, tmp_path):
             readers={"io.read": lambda: aio.read(tmp_path / "spec-dupcol.fits")})
 
 
+def test_header_bytes_must_be_printable_ascii(spectra, tmp_path):
+  # A flipped byte after EXTEND's value: U+00A0 reads as a space to Python's strip, while
+  # astropy refuses the file; a NUL in a comment.  Both paths refuse, naming the card.
+  for bad, card in ((b"\xa0", 6), (b"\x00", 8)):
+    buf = _fits(spectra / DR1)
+    buf[(card - 1) * 80 + 30:(card - 1) * 80 + 31] = bad
+    _rejected(_write(tmp_path, "spec-byte.fits", buf), f"not printable ASCII .* in card {card}")
+
+
+def test_zimage_table_is_not_read_as_a_plain_table(spectra, tmp_path):
+  buf = _fits(spectra / DR9)  # astropy reads a BINTABLE with ZIMAGE = T as a compressed image
+  fuzz.set_card(buf, np.random.default_rng(0), "ZIMAGE", "T", hdu=1)
+  _rejected(_write(tmp_path, "spec-zimage.fits", buf), "ZBITPIX")
+
+
 def test_missing_end_card_and_endless_headers(spectra, tmp_path):
   buf = _fits(spectra / DR1)
   buf[:] = buf.replace(fuzz._END, b" " * 80, 1)

@@ -363,6 +363,13 @@ def parse_header(src, start: int, path):
       raise SpectrumError(path, f"FITS header at byte {start} has no END card in "
                           f"{MAX_HEADER_BLOCKS} blocks")
     nblocks = min(2 * nblocks, MAX_HEADER_BLOCKS)
+  # FITS headers are printable ASCII; no real survey header holds anything else, and
+  # readers disagree on what a damaged byte means (Python strips U+00A0 as a space).
+  header = text[:end]
+  if not (header.isascii() and header.isprintable()):
+    at = next(i for i, ch in enumerate(header) if not " " <= ch <= "~")
+    raise SpectrumError(path, f"FITS header at byte {start} holds a byte that is not printable "
+                        f"ASCII ({header[at]!r} in card {at // CARD + 1})")
   cards = [(key.rstrip().upper(), value) for key, value in _CARDS.findall(text, 0, end) if key]
   raw = dict(reversed(cards))  # reversed: the first occurrence wins
   duplicates = frozenset()
@@ -520,6 +527,8 @@ class Hdu:
     h = self.header
     if self.kind != "BINTABLE":
       raise Unsupported(f"HDU {self.index} is not a binary table")
+    if h.value("ZIMAGE", False) is not False:  # astropy reads it as a tile-compressed image
+      raise Unsupported(f"HDU {self.index} is a compressed image (ZIMAGE), not a plain table")
     cols = {}
     pos = 0
     for i in range(1, h["TFIELDS"] + 1):
