@@ -7,6 +7,7 @@ produced reaches a network.
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,8 @@ MAX_OFF_GRID = 0.05      # pixels a wavelength may stray from the log-linear gri
 MAX_VALUE = 1e20         # |flux| and ivar of a good pixel (real: flux < 1e6, ivar < 1e3)
 
 
-def check_spectrum(path, survey, wavelength, flux, ivar, mask) -> tuple[float, float]:
+def check_spectrum(path, survey, wavelength, flux, ivar, mask,
+                   loglam=None) -> tuple[float, float]:
   """Refuses a spectrum its survey cannot have produced; returns (loglam0, dloglam).
 
   The one check every reader applies (so `read`, `lamost.read_raw` and the scan's
@@ -70,6 +72,10 @@ def check_spectrum(path, survey, wavelength, flux, ivar, mask) -> tuple[float, f
   log-linear grid (within MAX_OFF_GRID pixel) with a plausible step (DLOGLAM), and
   finite flux and positive finite ivar, below MAX_VALUE, wherever `mask` is False.
   Raises SpectrumError naming the field that fails.
+
+  loglam: (loglam0, dloglam) when `wavelength` was computed as 10 ** (loglam0 + dloglam
+  * i) (LAMOST pilot/DR1 files): log-linear by construction, so only its ends and step
+  are checked.
   """
   limits = LIMITS[survey]
   n = len(flux)
@@ -82,13 +88,16 @@ def check_spectrum(path, survey, wavelength, flux, ivar, mask) -> tuple[float, f
   # Distance from the log-linear grid through the end points, in pixels.  Natural log in
   # float32 (numpy vectorises it; log10 is 4x slower) is good to ~0.005 pixel, and NaN,
   # zero or negative wavelengths make it NaN or infinite, so one test covers them all.
-  with np.errstate(all="ignore"):
-    ln0, ln1 = np.log(wavelength[[0, -1]])
-    step = float(ln1 - ln0) / (n - 1)
-    off = np.log(wavelength.astype(np.float32))
-    off -= np.float32(ln0)
-    off -= np.float32(step) * _ARANGE[:n]
-    off = float(np.abs(off).max()) / step
+  first, last = float(wavelength[0]), float(wavelength[-1])
+  if loglam is not None:
+    ln0, step, off = loglam[0] * _LN10, loglam[1] * _LN10, 0.0
+  else:
+    ln0 = math.log(first) if first > 0 else math.nan
+    step = (math.log(last) - ln0) / (n - 1) if last > 0 else math.nan
+    with np.errstate(all="ignore"):
+      off = np.log(wavelength, dtype=np.float32)
+      off -= np.float32(step) * _ARANGE[:n]  # ~ ln0 everywhere on a log-linear grid
+      off = max(float(off.max()) - ln0, ln0 - float(off.min())) / step
   dloglam = step / _LN10
   if not (DLOGLAM[0] <= dloglam <= DLOGLAM[1] and off <= MAX_OFF_GRID):
     if not (np.isfinite(wavelength).all() and wavelength[0] > 0
@@ -98,19 +107,21 @@ def check_spectrum(path, survey, wavelength, flux, ivar, mask) -> tuple[float, f
       raise SpectrumError(path, f"wavelength step: {dloglam:.3g} in log10(A) per pixel, "
                           f"outside the plausible {DLOGLAM[0]:g}-{DLOGLAM[1]:g}")
     raise SpectrumError(path, f"wavelength is not log-linear (off by {off:.2f} pixel)")
-  first, last = float(wavelength[0]), float(wavelength[-1])
   lo, hi = limits.wavelength
   if first < lo or last > hi:
     raise SpectrumError(path, f"wavelength: {first:.0f}-{last:.0f} A, outside the "
                         f"{lo:.0f}-{hi:.0f} A a {survey} spectrograph records")
-  # abs(NaN) <= x is False, so one comparison finds non-finite and huge values alike.
-  if not (mask | (np.abs(flux) <= MAX_VALUE)).all():
-    raise SpectrumError(path, f"flux: unmasked values that are not finite or exceed "
-                        f"{MAX_VALUE:g}")
-  if not (mask | ((ivar > 0) & (ivar <= MAX_VALUE))).all():
-    raise SpectrumError(path, f"ivar: unmasked values that are not positive and finite or "
-                        f"exceed {MAX_VALUE:g}")
-  return float(ln0) / _LN10, dloglam
+  # abs(NaN) <= x is False, so one comparison finds non-finite and huge values alike; the
+  # unmasked test runs only when some pixel (perhaps a masked one) fails.
+  with np.errstate(invalid="ignore"):
+    if not (np.abs(flux).max() <= MAX_VALUE or (mask | (np.abs(flux) <= MAX_VALUE)).all()):
+      raise SpectrumError(path, f"flux: unmasked values that are not finite or exceed "
+                          f"{MAX_VALUE:g}")
+    if not ((ivar.max() <= MAX_VALUE or (mask | (ivar <= MAX_VALUE)).all())
+            and (mask | (ivar > 0)).all()):
+      raise SpectrumError(path, f"ivar: unmasked values that are not positive and finite or "
+                          f"exceed {MAX_VALUE:g}")
+  return (loglam[0], loglam[1]) if loglam is not None else (ln0 / _LN10, dloglam)
 
 
 _ARANGE = np.arange(max(lim.pixels[1] for lim in LIMITS.values()), dtype=np.float32)

@@ -118,20 +118,26 @@ def read_raw(path, size: int = NPIX, fast: bool = True) -> Raw:
 
 
 def header_meta(header) -> dict:
-  """The META_KEYS values of a LAMOST primary header (None where it lacks them)."""
+  """The META_KEYS values of a LAMOST primary header (None where it lacks them, or where
+  its card cannot be parsed)."""
+  get = header.value if isinstance(header, fitsraw.Header) else (
+      lambda name: _astropy_value(header, name))
   meta = {}
   for key, (kind, names) in _KEYWORDS.items():
     value = None
     for name in names:
-      if name in header:
-        try:
-          value = _convert(header[name], kind)
-        except Exception:  # an unparsable card: fitsraw.Unsupported, astropy VerifyError
-          value = None
-        if value is not None:
-          break
+      value = _convert(get(name), kind)
+      if value is not None:
+        break
     meta[key] = value
   return meta
+
+
+def _astropy_value(header, name):
+  try:
+    return header[name] if name in header else None
+  except Exception:  # an unparsable card (astropy's VerifyError)
+    return None
 
 
 # --- decoding ----------------------------------------------------------------------------
@@ -157,7 +163,7 @@ def _decode(hdus, path, fast):
   flux, ivar, bad, wave, coeffs, meta = parts
   if wave is None:
     wave = 10.0 ** (coeffs[0] + coeffs[1] * np.arange(flux.shape[0], dtype=np.float64))
-  grid = aio.check_spectrum(path, SURVEY, wave, flux, ivar, bad)
+  grid = aio.check_spectrum(path, SURVEY, wave, flux, ivar, bad, loglam=coeffs)
   return flux, ivar, bad, wave, grid, meta
 
 
@@ -282,7 +288,8 @@ def _coeffs(header, path):
 
 
 def _convert(value, kind):
-  if value is None or isinstance(value, bool) or type(value).__name__ == "Undefined":
+  if (value is None or value is fitsraw.INVALID or isinstance(value, bool)
+      or type(value).__name__ == "Undefined"):
     return None
   if kind is str:
     return str(value).strip() or None
