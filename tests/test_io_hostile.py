@@ -355,7 +355,7 @@ def test_real_files_of_every_layout_still_pass_the_shared_check(spectra):
 
 def test_fuzzed_real_files(shared_data, tmp_path):
   """A fixed-seed slice of benchmarks/fuzz_readers.py (the 10,000-case run is by hand)."""
-  summary = fuzz.run(160, seed=20261128, data=shared_data, big_bomb=64 << 20, workers=0,
+  summary = fuzz.run(250, seed=20261128, data=shared_data, big_bomb=64 << 20, workers=0,
                      out_dir=tmp_path, log=lambda *a: None)
   assert summary["exceptions_other_than_SpectrumError"] == 0, summary["failures"]
   assert summary["arrays_differing_fast_vs_astropy"] == 0, summary["failures"]
