@@ -189,8 +189,18 @@ def test_header_bytes_must_be_printable_ascii(spectra, tmp_path):
 
 def test_zimage_table_is_not_read_as_a_plain_table(spectra, tmp_path):
   buf = _fits(spectra / DR9)  # astropy reads a BINTABLE with ZIMAGE = T as a compressed image
-  fuzz.set_card(buf, np.random.default_rng(0), "ZIMAGE", "T", hdu=1)
+  rng = np.random.default_rng(0)
+  fuzz.set_card(buf, rng, "ZIMAGE", "T", hdu=1)
   _rejected(_write(tmp_path, "spec-zimage.fits", buf), "ZBITPIX")
+  fuzz.set_card(buf, rng, "TELESCOP", "''", hdu=0)  # the reader is then chosen by the tables
+  _rejected(_write(tmp_path, "spec-zimage2.fits", buf), "ZBITPIX")
+  buf = _fits(spectra / SDSS)  # an SDSS file with a compressed-image SPALL
+  fuzz.set_card(buf, rng, "ZIMAGE", "T", hdu=2)
+  path = _write(tmp_path, "spec-zimage3.fits", buf)
+  for read in (lambda: aio.read(path), lambda: sdss.read(path),
+               lambda: sdss.read(path, fast=False)):
+    with pytest.raises(SpectrumError):
+      read()
 
 
 def test_missing_end_card_and_endless_headers(spectra, tmp_path):

@@ -137,9 +137,13 @@ def survey_of(hdus) -> str:
   telescope = hdus[0].header.value("TELESCOP")
   if isinstance(telescope, str) and telescope.strip():
     return "SDSS" if "SDSS" in telescope.upper() else "LAMOST-LRS"
+  from astrotl.io import fitsraw
   for h in hdus[1:]:
     if h.kind == "BINTABLE" and h.name.upper() == "COADD":
-      names = h.columns()
+      try:
+        names = h.columns()
+      except fitsraw.Unsupported:  # e.g. a compressed image: no survey's spectrum table
+        continue
       if "LOGLAM" in names and "WAVELENGTH" not in names:
         return "SDSS"
   return "LAMOST-LRS"

@@ -39,7 +39,10 @@ def from_hdus(hdus, path, fast: bool = True) -> Spectrum:
   """`read` for a file already opened with fitsraw.read (used by astrotl.io.read)."""
   for h in hdus[1:]:
     if h.kind == "BINTABLE":
-      h.columns()  # column widths add up, no two columns share a name
+      try:
+        h.columns()  # column widths add up, no two columns share a name
+      except fitsraw.Unsupported:
+        pass  # a table the direct path cannot read (ZIMAGE): astropy decides below
   if fast:
     try:
       return _read_direct(path, hdus)
