@@ -138,10 +138,16 @@ HEADER_EDITS = [
     ("BITPIX", "T", "BITPIX = True is not an integer"),
     ("GCOUNT", "2", "GCOUNT = 2"),
     ("PCOUNT", "-1", "PCOUNT = -1"),
-    ("BSCALE", "NAN", "BSCALE .* not a finite number"),
+    ("BSCALE", "NAN", "BSCALE = 'NAN' is not a valid FITS value"),
+    ("BSCALE", "'2.0'", "BSCALE = '2.0' is not a finite number"),
     ("BSCALE", "0", "BSCALE = 0"),
     ("SIMPLE", "F", "SIMPLE = F.*non-standard"),
     ("GROUPS", "T", "random-groups"),
+    # astropy refuses a file whose EXTEND or BLANK it cannot parse (even on float data)
+    ("EXTEND", "NAN", "EXTEND = 'NAN' is not a valid FITS value"),
+    ("BLANK", "'unterminated", "BLANK = .* is not a valid FITS value"),
+    # the rows named so that a constant row is the wavelength: a zero step, not a crash
+    ("EXTEN0", "'Flux Inverse Wavelength Andmask Ormask'", "wavelength"),
 ]
 
 

@@ -97,7 +97,7 @@ def check_spectrum(path, survey, wavelength, flux, ivar, mask,
     with np.errstate(all="ignore"):
       off = np.log(wavelength, dtype=np.float32)
       off -= np.float32(step) * _ARANGE[:n]  # ~ ln0 everywhere on a log-linear grid
-      off = max(float(off.max()) - ln0, ln0 - float(off.min())) / step
+      off = max(float(off.max()) - ln0, ln0 - float(off.min())) / step if step else math.inf
   dloglam = step / _LN10
   if not (DLOGLAM[0] <= dloglam <= DLOGLAM[1] and off <= MAX_OFF_GRID):
     if not (np.isfinite(wavelength).all() and wavelength[0] > 0

@@ -398,6 +398,8 @@ def parse_header(src, start: int, path):
 # --- structure ---------------------------------------------------------------------------
 
 _NAXISN = tuple(f"NAXIS{i}" for i in range(MAX_NAXIS + 1))
+_SCALAR_STRUCTURAL = ("EXTEND", "GROUPS", "PCOUNT", "GCOUNT", "BSCALE", "BZERO", "BLANK",
+                      "EXTNAME", "EXTVER", "THEAP", "ZIMAGE")
 
 
 def _refuse(h, key, value, index, path, what):
@@ -426,6 +428,10 @@ def check_header(h: Header, index: int, path) -> int:
       raise SpectrumError(path, f"HDU {index}: keyword {structural[0]} appears more than "
                           "once (readers disagree on which one counts)")
   value = h.value
+  for key in _SCALAR_STRUCTURAL:  # astropy refuses a file with these unparsable
+    if key in h and value(key) is INVALID:
+      text = h._raw[key].partition("/")[0].strip()
+      raise SpectrumError(path, f"HDU {index}: {key} = {text!r} is not a valid FITS value")
   if index == 0:
     simple = value("SIMPLE")
     if simple is not True:
@@ -575,7 +581,8 @@ class Hdu:
       name = name.strip().upper()
       if name in cols:
         raise SpectrumError(self.path, f"HDU {self.index}: two columns are named {name}")
-      special = any(f"{k}{i}" in h for k in ("TSCAL", "TZERO", "TDIM"))
+      special = (any(f"{k}{i}" in h for k in ("TSCAL", "TZERO", "TDIM"))
+                 or h.value(f"TNULL{i}") is INVALID)
       if code in _TFORM:
         dtype, size = _TFORM[code]
         cols[name] = (pos, dtype, repeat, special)
