@@ -219,6 +219,23 @@ def test_missing_end_card_and_endless_headers(spectra, tmp_path):
             "no END card in 1000 blocks")
 
 
+def test_damage_after_the_spectrum_is_not_taken_for_the_end_of_the_file(spectra, tmp_path):
+  buf = _fits(spectra / SDSS)  # a per-exposure HDU after COADD and SPALL loses half its rows
+  hs = fuzz.headers(buf)
+  n = int(buf[fuzz.card_positions(buf, 5)["NAXIS2"][0] + 10:][:20])
+  fuzz.set_card(buf, np.random.default_rng(0), "NAXIS2", str(n // 2), 5)
+  path = _write(tmp_path, "spec-later.fits.gz", gzip.compress(bytes(buf)))
+  for read in (lambda: aio.read(path), lambda: sdss.read(path), lambda: sdss.read(path, False)):
+    with pytest.raises(SpectrumError, match="neither an extension nor padding"):
+      read()
+  real = bytes(_fits(spectra / DR1))
+  _rejected(_write(tmp_path, "spec-junk.fits", real + b"SIMPLE  = junk" + bytes(100)),
+            "neither an extension nor padding")
+  padded = _write(tmp_path, "spec-padded.fits.gz", gzip.compress(real + bytes(5000)))
+  np.testing.assert_array_equal(aio.read(padded).flux, lamost.read(spectra / DR1).flux)
+  assert len(hs) > 5
+
+
 def test_too_many_hdus_is_an_error_not_a_silent_stop(spectra, tmp_path):
   with fits.open(spectra / DR9) as hdul:
     primary, coadd = hdul[0].copy(), hdul[1].copy()

@@ -158,13 +158,15 @@ def _check_regular(path, st):
 class _Plain:
   """Byte source over an uncompressed FITS file."""
 
-  def __init__(self, data):
+  def __init__(self, data, path=None):
     self.buf = data
+    self.path = path
 
   def need(self, n) -> int:
     return len(self.buf)
 
   def finish(self, end) -> bytes:
+    _check_padding(self.buf[end:], self.path)
     return self.buf[:end] if end < len(self.buf) else self.buf
 
   def check_stream(self):
@@ -242,12 +244,15 @@ class _Gunzip:
     beyond the FITS content) is inflated and thrown away, so that its CRC is checked:
     a corrupt or cut-off stream must not pass for a shorter file."""
     total = len(self.buf)
+    _check_padding(self.buf[end:], self.path)
     while not self.ended:
       if total > max(end, 0) + MAX_TRAILING_BYTES:
         raise SpectrumError(self.path, f"gzip data go on for more than "
                             f"{MAX_TRAILING_BYTES >> 20} MB beyond the FITS content "
                             "(a gzip bomb?)")
-      total += len(self._step(_INFLATE_OUT))
+      piece = self._step(_INFLATE_OUT)
+      _check_padding(piece, self.path)
+      total += len(piece)
     if type(self.buf) is bytes and end >= len(self.buf):
       return self.buf
     return bytes(memoryview(self.buf)[:end])  # one copy, trimmed to the FITS content
@@ -264,7 +269,15 @@ class _Gunzip:
 def _source(data, path):
   if data[:2] == _GZIP_MAGIC:
     return _Gunzip(data, path)
-  return _Plain(data)
+  return _Plain(data, path)
+
+
+def _check_padding(tail, path):
+  """Bytes after the last HDU may only be padding (zeros or blanks): anything else is
+  a damaged HDU the walk could not follow, which must not pass for the end of the file."""
+  if tail and tail.strip(b"\x00 "):
+    raise SpectrumError(path, "bytes after the last readable HDU are neither an extension "
+                        "nor padding: a damaged or misdeclared HDU")
 
 
 def load(path) -> bytes:
@@ -626,7 +639,7 @@ class Hdu:
 
 def hdus(data: bytes, path) -> list:
   """Every HDU in a FITS file's bytes (gzip or not): headers parsed and checked, data
-  left in place.  Bytes after the last HDU are ignored, as astropy does."""
+  left in place.  After the last HDU only padding (zeros or blanks) may follow."""
   src = _source(data, path)
   if src.need(9) < 9 or src.buf[:9] != b"SIMPLE  =":
     raise SpectrumError(path, "not a FITS file (does not start with a SIMPLE card)")
@@ -649,10 +662,10 @@ def hdus(data: bytes, path) -> list:
         break
       if len(found) >= MAX_HDUS:
         raise SpectrumError(path, f"more than {MAX_HDUS} HDUs: not a spectrum file")
+    buf = src.finish(pos)
   except SpectrumError:
     src.check_stream()
     raise
-  buf = src.finish(pos)
   return [Hdu(buf, h, start, i, path) for i, (h, start) in enumerate(found)]
 
 
