@@ -495,9 +495,23 @@ def read_case(path):
   return out
 
 
+def peak_rss() -> int:
+  """This process's peak resident memory in bytes.  VmHWM belongs to the address space
+  exec created; ru_maxrss would also carry the high-water mark of the parent that forked
+  this process."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def read_batch(paths):
   out = [read_case(p) for p in paths]
-  return out, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return out, peak_rss()
 
 
 def _worker_init(root):
