@@ -407,7 +407,11 @@ def load_model(name_or_path) -> Model:
   from astrotl import checkpoint
   spec = os.fspath(name_or_path) if name_or_path is not None else "wd_two_stage"
   if spec.startswith("torch:"):
-    return from_torch(*spec[len("torch:"):].split(","))
+    from astrotl.io import weights
+    try:
+      return from_torch(*spec[len("torch:"):].split(","))
+    except weights.WeightsError as e:
+      raise BundleError(str(e)) from None
   only = None
   if spec in BUNDLED:
     rel, only = BUNDLED[spec]

@@ -275,23 +275,39 @@ _INT8, _SCALE = "@int8", "@scale"
 
 
 def load_bundle(path) -> tuple[dict, dict]:
-  """({name: variables as float32 numpy}, meta) from a `save_bundle` file."""
+  """({name: variables as float32 numpy}, meta) from a `save_bundle` file.
+
+  Read with astrotl.io.weights.read_npz (no pickle, array sizes checked against the
+  file); anything that is not a well-formed bundle raises CheckpointError.
+  """
   from astrotl import surgery
+  from astrotl.io import weights
   path = pathlib.Path(path)
   try:
-    with np.load(path, allow_pickle=False) as z:
-      if _META_KEY not in z:
-        raise CheckpointError(f"{path}: not an astrotl model bundle (no {_META_KEY} entry)")
-      meta = json.loads(bytes(z[_META_KEY]).decode())
-      flat = {}
-      for k in z.files:
-        if k == _META_KEY or k.endswith(_SCALE):
-          continue
-        if k.endswith(_INT8):
-          base = k[:-len(_INT8)]
-          flat[base] = z[k].astype(np.float32) * z[base + _SCALE].astype(np.float32)
-        else:
-          flat[k] = z[k].astype(np.float32) if z[k].dtype.kind == "f" else z[k]
-  except (OSError, ValueError, EOFError) as e:
-    raise CheckpointError(f"{path}: cannot read model bundle ({type(e).__name__}: {e})") from e
-  return surgery.unflatten(flat), meta
+    arrays = weights.read_npz(path)
+  except (weights.WeightsError, OSError) as e:
+    raise CheckpointError(f"{path}: cannot read model bundle ({type(e).__name__}: {e})") from None
+  if _META_KEY not in arrays:
+    raise CheckpointError(f"{path}: not an astrotl model bundle (no {_META_KEY} entry)")
+  try:
+    meta = json.loads(arrays[_META_KEY].tobytes().decode())
+  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    raise CheckpointError(f"{path}: unreadable {_META_KEY} entry ({e})") from None
+  if not isinstance(meta, dict):
+    raise CheckpointError(f"{path}: {_META_KEY} is not a JSON object")
+  flat = {}
+  for k, v in arrays.items():
+    if k == _META_KEY or k.endswith(_SCALE):
+      continue
+    if k.endswith(_INT8):
+      base = k[:-len(_INT8)]
+      scale = arrays.get(base + _SCALE)
+      if scale is None or scale.shape != v.shape[-1:]:
+        raise CheckpointError(f"{path}: int8 array {base} lacks a matching {_SCALE} array")
+      flat[base] = v.astype(np.float32) * scale.astype(np.float32)
+    else:
+      flat[k] = v.astype(np.float32) if v.dtype.kind == "f" else v
+  try:
+    return surgery.unflatten(flat), meta
+  except (TypeError, ValueError, KeyError, IndexError) as e:  # both "a/b" and "a/b/c"
+    raise CheckpointError(f"{path}: inconsistent array names ({type(e).__name__}: {e})") from None

@@ -112,3 +112,16 @@ def test_plain_fits_copy_reads_the_same(wd_path, tmp_path):
   a, b = sdss.read(wd_path), sdss.read(plain)
   np.testing.assert_array_equal(a.flux, b.flux)
   assert a.meta["obsid"] == b.meta["obsid"]
+
+
+def test_direct_path_equals_astropy_path(shared_data):
+  files = [shared_data / WD_FILE, *sorted(
+      (shared_data / "spectra" / "real_wd_validation" / "sdss_qso_galaxies").glob("*.fits"))]
+  assert len(files) >= 7
+  for path in files:
+    a, b = sdss.read(path), sdss.read(path, fast=False)
+    for key in ("wavelength", "flux", "ivar", "mask"):
+      x, y = getattr(a, key), getattr(b, key)
+      assert x.dtype == y.dtype, (path.name, key)
+      np.testing.assert_array_equal(x, y, err_msg=f"{path.name} {key}")
+    assert a.meta == b.meta, path.name

@@ -14,17 +14,22 @@ from astrotl.preprocess import spectra
 
 RAW_LEN = 3968  # >= NPIX + margin, a multiple of 128
 META_KEYS = ("obsid", "designation", "ra", "dec", "class", "subclass", "z", "snr_g",
-             "data_release")
+             "data_release", "survey")
 
 
 def decode(path, raw_len: int = RAW_LEN):
-  """(arrays dict, meta dict) for one file; raises astrotl.io.SpectrumError."""
+  """(arrays dict, meta dict) for one file; raises astrotl.io.SpectrumError.
+
+  The file is read with astrotl.io.read, so it has passed the same checks as every
+  other read (astrotl.io.check_spectrum: pixel count, wavelength range and log-linear
+  grid, plausible step, finite values where unmasked) before it reaches the network.
+  """
   return raw_arrays(aio.read(path), raw_len, path)
 
 
 def raw_arrays(s: aio.Spectrum, raw_len: int = RAW_LEN, path="spectrum"):
   """(arrays dict, meta dict) of a Spectrum already in memory, exactly as `decode` gives
-  them for a file."""
+  them for a file (in-memory spectra need not be on a survey's grid)."""
   u = spectra.grid_pixels(np.log10(np.asarray(s.wavelength, np.float64)))
   keep = np.flatnonzero((u >= -2) & (u <= spectra.NPIX + 1))
   if keep.size == 0:

@@ -20,19 +20,27 @@ Conventions of the returned Spectrum:
 
 The default path parses the FITS bytes directly (astrotl.io.fitsraw), ~3x faster than
 astropy, and falls back to astropy for anything it does not recognise.  `fast=False`
-reads with astropy only; both give identical arrays.
+decodes with astropy only; both give identical arrays.  Either way the file is opened,
+inflated and its structure checked by fitsraw first (regular files only, bounded
+reads, valid FITS structure), and the result must pass astrotl.io.check_spectrum.
+A keyword that decides where pixels lie (LAYOUT_KEYWORDS) may occur only once.
 """
 
 import io
 import math
-import os
 import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from astrotl import io as aio
 from astrotl.io import Spectrum, SpectrumError, fitsraw
 from astrotl.preprocess.spectra import NPIX
+
+SURVEY = "LAMOST-LRS"
+LAYOUT_KEYWORDS = frozenset({"EXTEN0", "COEFF0", "COEFF1", "CRVAL1", "CD1_1", "TELESCOP",
+                             "FILENAME"})
+_MAX_ROWS = 16  # image rows: real files have 5
 
 META_KEYS = ("obsid", "designation", "ra", "dec", "class", "subclass", "z", "snr_u",
              "snr_g", "snr_r", "snr_i", "snr_z", "lmjd", "planid", "spid", "fiberid",
@@ -80,33 +88,26 @@ class Raw(NamedTuple):
 
 def read(path, fast: bool = True) -> Spectrum:
   """Reads one LAMOST LRS spec-*.fits[.gz] file; raises SpectrumError if it cannot."""
-  flux, ivar, bad, wave, coeffs, meta = _decode(path, fast)
-  if wave is None:
-    wave = 10.0 ** (coeffs[0] + coeffs[1] * np.arange(flux.shape[0], dtype=np.float64))
+  return from_hdus(fitsraw.read(path), path, fast)
+
+
+def from_hdus(hdus, path, fast: bool = True) -> Spectrum:
+  """`read` for a file already opened with fitsraw.read (used by astrotl.io.read)."""
+  flux, ivar, bad, wave, _, meta = _decode(hdus, path, fast)
   return Spectrum(wavelength=wave, flux=flux, ivar=ivar, mask=bad, meta=meta)
 
 
 def read_raw(path, size: int = NPIX, fast: bool = True) -> Raw:
   """Reads one file into fixed-size arrays for batched, on-device resampling.
 
-  loglam0/dloglam come from COEFF0/COEFF1 when the file has no wavelength row, else from
-  the first and last stored wavelengths.  A stored row that is off a log-linear grid by
-  more than 0.05 pixel raises SpectrumError, so the two numbers are always trustworthy.
+  loglam0/dloglam describe the file's wavelengths (stored, or from COEFF0/COEFF1),
+  which check_spectrum has found log-linear within 0.05 pixel, so the two numbers
+  are always trustworthy.
   """
-  flux, ivar, bad, wave, coeffs, meta = _decode(path, fast)
+  flux, ivar, bad, _, (loglam0, dloglam), meta = _decode(fitsraw.read(path), path, fast)
   n = flux.shape[0]
   if n > size:
     raise SpectrumError(path, f"{n} pixels, more than the {size} this batch layout holds")
-  if wave is None:
-    loglam0, dloglam = coeffs
-  else:
-    loglam = np.log10(wave)
-    loglam0 = float(loglam[0])
-    dloglam = float(loglam[-1] - loglam[0]) / max(n - 1, 1)
-    off = np.abs(loglam - (loglam0 + dloglam * np.arange(n))).max()
-    if not off <= 0.05 * dloglam:
-      raise SpectrumError(path, f"wavelength row is not log-linear (off by {off / dloglam:.2f} "
-                          "pixel)")
   out_flux = np.zeros(size, np.float32)
   out_ivar = np.zeros(size, np.float32)
   out_mask = np.ones(size, bool)
@@ -117,39 +118,60 @@ def read_raw(path, size: int = NPIX, fast: bool = True) -> Raw:
 
 
 def header_meta(header) -> dict:
-  """The META_KEYS values of a LAMOST primary header (None where it lacks them)."""
+  """The META_KEYS values of a LAMOST primary header (None where it lacks them, or where
+  its card cannot be parsed)."""
+  get = header.value if isinstance(header, fitsraw.Header) else (
+      lambda name: _astropy_value(header, name))
   meta = {}
   for key, (kind, names) in _KEYWORDS.items():
     value = None
     for name in names:
-      if name in header:
-        value = _convert(header[name], kind)
-        if value is not None:
-          break
+      value = _convert(get(name), kind)
+      if value is not None:
+        break
     meta[key] = value
   return meta
 
 
+def _astropy_value(header, name):
+  try:
+    return header[name] if name in header else None
+  except Exception:  # an unparsable card (astropy's VerifyError)
+    return None
+
+
 # --- decoding ----------------------------------------------------------------------------
 
-def _decode(path, fast):
-  if not fast:
-    return _with_astropy(os.fspath(path), path)
-  buf = fitsraw.load(path)
-  try:
-    return _parts(fitsraw.hdus(buf, path), path)
-  except SpectrumError:
-    raise
-  except (fitsraw.Unsupported, ValueError, TypeError, KeyError, IndexError, OverflowError):
-    # Something the direct parser does not handle (or a header it cannot make sense of):
-    # astropy decides, and its failures become SpectrumError too.
-    return _with_astropy(io.BytesIO(buf), path)
+def _decode(hdus, path, fast):
+  """(flux, ivar, bad, wavelength, (loglam0, dloglam), meta) of a checked spectrum."""
+  twice = sorted(hdus[0].header.duplicates & LAYOUT_KEYWORDS)
+  if twice:
+    raise SpectrumError(path, f"keyword {twice[0]} appears more than once (readers disagree "
+                        "on which one counts)")
+  parts = None
+  if fast:
+    try:
+      parts = _parts(hdus, path)
+    except SpectrumError:
+      raise
+    except (fitsraw.Unsupported, ValueError, TypeError, KeyError, IndexError, OverflowError):
+      # Something the direct parser does not handle (or a header it cannot make sense
+      # of): astropy decides, and its failures become SpectrumError too.
+      pass
+  if parts is None:
+    parts = _with_astropy(io.BytesIO(hdus[0].buf), path)
+  flux, ivar, bad, wave, coeffs, meta = parts
+  if wave is None:
+    wave = 10.0 ** (coeffs[0] + coeffs[1] * np.arange(flux.shape[0], dtype=np.float64))
+  grid = aio.check_spectrum(path, SURVEY, wave, flux, ivar, bad, loglam=coeffs)
+  return flux, ivar, bad, wave, grid, meta
 
 
 def _parts(hdus, path):
   """(flux, ivar, bad, wavelength or None, (coeff0, coeff1) or None, meta) of a file."""
   header = hdus[0].header
   _check_lrs(hdus, path)
+  _check_image_size(header, path)
   image = hdus[0].image()
   if image is not None:
     flux, ivar, wave, andmask = _image_layout(image, header, path)
@@ -171,16 +193,24 @@ def _parts(hdus, path):
     coeffs = _coeffs(header, path)
   else:
     wave = wave.astype(np.float64)
-    if not (np.isfinite(wave).all() and wave[0] > 0 and (wave[1:] > wave[:-1]).all()):
-      raise SpectrumError(path, "wavelength is not positive, finite and increasing")
-  flux = flux.astype(np.float32, copy=False)
-  ivar = ivar.astype(np.float32, copy=False)
+  with np.errstate(over="ignore", invalid="ignore"):  # float64 values beyond float32
+    flux = flux.astype(np.float32, copy=False)
+    ivar = ivar.astype(np.float32, copy=False)
   bad = ~np.isfinite(flux) | ~(ivar > 0) | (ivar == np.inf)
   if andmask is not None:
     bad |= andmask != 0
   if bad.all():
     raise SpectrumError(path, f"all {n} pixels are bad (ivar <= 0, non-finite, or ANDMASK set)")
   return flux, ivar, bad, wave, coeffs, header_meta(header)
+
+
+def _check_image_size(header, path):
+  # Before decoding: a header may declare an image far larger than a spectrum.
+  naxis = header.get("NAXIS", 0)
+  shape = tuple(header.get(f"NAXIS{i}", 0) for i in range(naxis, 0, -1))
+  if naxis and math.prod(shape) > _MAX_ROWS * aio.LIMITS[SURVEY].pixels[1]:
+    raise SpectrumError(path, f"unknown layout: primary image of shape {shape} is larger than "
+                        "any LAMOST LRS spectrum")
 
 
 def _check_lrs(hdus, path):
@@ -258,7 +288,8 @@ def _coeffs(header, path):
 
 
 def _convert(value, kind):
-  if value is None or isinstance(value, bool) or type(value).__name__ == "Undefined":
+  if (value is None or value is fitsraw.INVALID or isinstance(value, bool)
+      or type(value).__name__ == "Undefined"):
     return None
   if kind is str:
     return str(value).strip() or None

@@ -1,7 +1,7 @@
-"""Foreign weights into astrotl variable pytrees, without pickle.
+"""Foreign weights into astrotl variable pytrees, without running any code from the file.
 
-A PyTorch state dict, given as a mapping name -> numpy array (from an `.npz` read with
-`np.load(path, allow_pickle=False)`, or from `load_torch`), is mapped onto Flax paths by
+A PyTorch state dict, given as a mapping name -> numpy array (from an `.npz` read by
+`load_npz`, or from a `.pt` file read by `load_torch`), is mapped onto Flax paths by
 rules `(pattern, target, layout)`:
 
 - pattern: regex that must fully match a PyTorch module name (the tensor name without
@@ -22,10 +22,17 @@ bad ranks, two tensors for one path, and with `like` missing / unexpected / miss
 paths) is collected and raised as one WeightsError listing all of them.
 """
 
+import collections
 import importlib.resources
+import io
 import json
+import math
+import os
 import pathlib
+import pickle
 import re
+import stat
+import zipfile
 
 import numpy as np
 
@@ -51,8 +58,13 @@ _KERNEL = {  # torch weight axes -> flax kernel axes
 }
 
 
+MAX_WEIGHTS_BYTES = 2 * 2**30   # all arrays of one weights file (Tan et al.'s are ~60 MB)
+MAX_PICKLE_BYTES = 64 * 2**20   # a .pt file's data.pkl (the tensors are stored beside it)
+
+
 class WeightsError(ValueError):
-  """Foreign weights that do not fit; the message lists every problem."""
+  """Foreign weights that do not fit, or a file that is not safe weights; the message
+  lists every problem."""
 
 
 def _layout(tensors):
@@ -177,47 +189,151 @@ def import_state_dict(state_dict, rules, like=None) -> dict:
   return out
 
 
-def load_npz(path) -> dict:
-  """name -> array from an `.npz` (no pickle)."""
+def _weights_file(path) -> pathlib.Path:
+  """`path` if it is a regular file; FileNotFoundError if absent, WeightsError if it is
+  a FIFO, device, directory or larger than MAX_WEIGHTS_BYTES (nothing is opened)."""
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: no such weights file")
-  with np.load(path, allow_pickle=False) as z:
-    return {k: z[k] for k in z.files}
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: no such weights file") from None
+  except OSError as e:
+    raise WeightsError(f"{path}: cannot read weights file ({e.strerror or e})") from None
+  if not stat.S_ISREG(st.st_mode):
+    raise WeightsError(f"{path}: not a regular file")
+  if st.st_size > MAX_WEIGHTS_BYTES + MAX_PICKLE_BYTES:
+    raise WeightsError(f"{path}: {st.st_size} bytes, more than a weights file may hold")
+  return path
+
+
+def read_npz(source, where=None) -> dict:
+  """name -> array from an `.npz` (a path or a binary file object), reading no pickle.
+
+  Checks every member's .npy header before reading its data: object arrays (pickle),
+  non-numeric dtypes, and arrays that promise more data than the member holds or than
+  MAX_WEIGHTS_BYTES in all raise WeightsError, as do files that are not .npz at all.
+  Shared by load_npz, upsilont and astrotl.checkpoint.load_bundle.
+  """
+  where = where or source
+  if isinstance(source, (str, os.PathLike)):
+    source = _weights_file(source)  # never open a FIFO or a device
+  try:
+    with zipfile.ZipFile(source) as z:
+      infos = z.infolist()
+      total = sum(i.file_size for i in infos)
+      if total > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{where}: {total} bytes of arrays, more than {MAX_WEIGHTS_BYTES}")
+      out = {}
+      for info in infos:
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        with z.open(info) as f:
+          version = np.lib.format.read_magic(f)
+          reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+          shape, fortran, dtype = reader(f)
+          if dtype.hasobject:
+            raise WeightsError(f"{where}: {name} is an object array, which needs pickle "
+                               "(np.load with allow_pickle=True); refused")
+          if dtype.kind not in "biuf" or dtype.fields is not None:
+            raise WeightsError(f"{where}: {name} has dtype {dtype}, not a numeric array")
+          if math.prod(shape) * dtype.itemsize > info.file_size:
+            raise WeightsError(f"{where}: {name} declares shape {shape} of {dtype}, more data "
+                               "than the file holds")
+        with z.open(info) as f:  # read_array reads the header again
+          out[name] = np.lib.format.read_array(f, allow_pickle=False)
+      return out
+  except WeightsError:
+    raise
+  except (zipfile.BadZipFile, ValueError, EOFError, OSError, SyntaxError) as e:
+    raise WeightsError(f"{where}: not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def load_npz(path) -> dict:
+  """name -> array from an `.npz` (no pickle; see read_npz)."""
+  return read_npz(path)
+
+
+# --- PyTorch .pt files ------------------------------------------------------------------------
+
+_REFUSED = ("re-save it in PyTorch >= 1.6 with torch.save(model.state_dict(), path) "
+            "(whole modules work too), which writes the zip format read here")
 
 
 def load_torch(path) -> dict:
-  """name -> numpy array from a PyTorch `.pt` file (needs torch; tensors only).
+  """name -> numpy array from a PyTorch `.pt` file, without PyTorch and without running
+  any code the file holds.
 
-  Takes a saved state dict, or a whole pickled module (`torch.save(model)`, as Tan et
-  al. published their networks).  A module pickle is read without running its code:
-  every class other than torch's tensor rebuilders is replaced by an inert stand-in,
-  and the parameters and buffers are collected from the stand-ins' `_parameters`,
-  `_buffers` and `_modules`, named as `model.state_dict()` would name them.
+  Reads the zip format of `torch.save` (PyTorch >= 1.6): `<archive>/data.pkl`, with each
+  tensor's bytes in `<archive>/data/<key>`.  The pickle is read by `_Unpickler`, which
+  never imports a module or calls anything but an explicit allowlist of harmless
+  builders: every other class becomes an inert stand-in that only keeps its state.
+  So a saved state dict and a whole pickled module (`torch.save(model)`, as Tan et al.
+  published their networks) both load; for a module the parameters and buffers are
+  collected from the stand-ins' `_parameters`, `_buffers` and `_modules`, named as
+  `model.state_dict()` would name them.  Legacy (non-zip pickle) and tar `.pt` files can
+  only be read by running their pickle, so they raise WeightsError saying how to
+  re-save them.
   """
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError(f"reading {path} needs PyTorch: pip install astrotl[torch]") from e
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except FileNotFoundError:
-    raise
-  except Exception as e:  # weights_only refuses module pickles; read those inertly
-    try:
-      obj = _module_state(torch.load(path, map_location="cpu", weights_only=False,
-                                     pickle_module=_inert_pickle()))
-    except Exception as e2:
-      raise WeightsError(f"{path}: not a readable PyTorch state dict or module "
-                         f"({type(e).__name__}: {e}; {type(e2).__name__}: {e2})") from e2
-  if hasattr(obj, "state_dict"):
-    obj = obj.state_dict()
+  path = _weights_file(path)
+  with open(path, "rb") as f:
+    head = f.read(512)
+  if zipfile.is_zipfile(path):
+    obj = _read_torch_zip(path)
+  elif len(head) > 262 and head[257:262] == b"ustar":
+    raise WeightsError(f"{path}: a tar-format PyTorch file (PyTorch < 0.4), which can only "
+                       f"be read by running its pickle; {_REFUSED}")
+  elif head[:1] == b"\x80" or head[:1] in (b"(", b"c", b"}", b"]"):
+    raise WeightsError(f"{path}: a legacy PyTorch file (a plain pickle, from PyTorch < 1.6 or "
+                       f"_use_new_zipfile_serialization=False), which can only be read by "
+                       f"running its pickle; {_REFUSED}")
+  else:
+    raise WeightsError(f"{path}: not a PyTorch .pt file (neither the zip format of "
+                       "torch.save nor a pickle)")
+  if isinstance(obj, _Inert):
+    obj = _module_state(obj, path)
   if not isinstance(obj, dict):
-    raise WeightsError(f"{path}: expected a state dict, got {type(obj).__name__}")
-  bad = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    raise WeightsError(f"{path}: expected a state dict or a torch module, got "
+                       f"{type(obj).__name__}")
+  bad = sorted(str(k) for k, v in obj.items()
+               if not (isinstance(k, str) and isinstance(v, _Tensor)))
   if bad:
     raise WeightsError(f"{path}: entries that are not tensors: {bad}")
-  return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+  return {k: v.array for k, v in obj.items()}
+
+
+def _read_torch_zip(path):
+  try:
+    with zipfile.ZipFile(path) as z:
+      infos = z.infolist()
+      pickles = [i for i in infos if i.filename.endswith("/data.pkl")
+                 and i.filename.count("/") == 1]
+      if len(pickles) != 1:
+        raise WeightsError(f"{path}: a zip file without one <archive>/data.pkl: not a "
+                           "PyTorch .pt file")
+      prefix = pickles[0].filename[:-len("data.pkl")]
+      members = {i.filename[len(prefix):]: i for i in infos if i.filename.startswith(prefix)}
+      total = sum(i.file_size for i in infos)
+      if pickles[0].file_size > MAX_PICKLE_BYTES or total > MAX_WEIGHTS_BYTES + MAX_PICKLE_BYTES:
+        raise WeightsError(f"{path}: members of {total} bytes, more than a weights file may hold")
+      order = "little"
+      if "byteorder" in members:
+        with z.open(members["byteorder"]) as f:
+          order = f.read(16).decode("ascii", "replace").strip()
+        if order not in ("little", "big"):
+          raise WeightsError(f"{path}: unknown byteorder {order!r}")
+      data = z.read(pickles[0])
+      unpickler = _Unpickler(io.BytesIO(data), z, prefix, members, order, path)
+      return unpickler.load()
+  except WeightsError as e:
+    if str(path) in str(e):
+      raise
+    raise WeightsError(f"{path}: {e}") from None
+  except RecursionError:
+    raise WeightsError(f"{path}: data.pkl nests too deeply") from None
+  except (pickle.UnpicklingError, zipfile.BadZipFile, ValueError, TypeError, KeyError,
+          IndexError, AttributeError, EOFError, OSError, MemoryError, OverflowError) as e:
+    raise WeightsError(f"{path}: not a readable PyTorch .pt file "
+                       f"({type(e).__name__}: {e})") from None
 
 
 class _Inert:
@@ -228,53 +344,232 @@ class _Inert:
 
   def __setstate__(self, state):
     if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
-      state = {**(state[0] or {}), **state[1]}
-    self.__dict__.update(state if isinstance(state, dict) else {"_state": state})
+      state = {**(state[0] if isinstance(state[0], dict) else {}), **state[1]}
+    if not isinstance(state, dict):
+      state = {"_state": state}
+    # Dunder names would shadow methods of the stand-in (a second BUILD on the same
+    # object looks __setstate__ up on the instance first).
+    self.__dict__.update({k: v for k, v in state.items()
+                          if isinstance(k, str) and not k.startswith("__")})
 
 
-_ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
-            ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
-            ("torch", "Size"), ("torch", "device"), ("builtins", "set"), ("builtins", "dict"),
-            ("builtins", "list"), ("builtins", "tuple")}
+class _Frozen:
+  """Base of the loader's own objects: a pickle may not BUILD (set state on) them."""
+
+  __slots__ = ()
+
+  def __setstate__(self, state):
+    raise WeightsError(f"the pickle sets state on a {type(self).__name__[1:]}")
 
 
-def _inert_pickle():
-  import pickle
-  import types
-  import torch
+class _Tensor(_Frozen):
+  """A rebuilt tensor: its values as a native-endian numpy array."""
 
-  class Unpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-      if (module, name) in _ALLOWED or (module == "torch" and name.endswith("Storage")):
-        return super().find_class(module, name)
-      if module == "torch" and name in ("float32", "float16", "bfloat16", "float64", "int64"):
-        return getattr(torch, name)
-      return type(name, (_Inert,), {"__module__": module})
+  __slots__ = ("array",)
 
-  mod = types.ModuleType("astrotl_inert_pickle")
-  mod.Unpickler = Unpickler
-  mod.load = pickle.load
-  mod.__name__ = "astrotl_inert_pickle"
-  return mod
+  def __init__(self, array):
+    self.array = array
 
 
-def _module_state(obj, prefix="", out=None):
+class _Storage(_Frozen):
+  """One tensor storage: a flat numpy array over the bytes of `data/<key>`."""
+
+  __slots__ = ("array",)
+
+  def __init__(self, array):
+    self.array = array
+
+
+class _StorageType(_Frozen):
+  """What `torch.FloatStorage` and friends unpickle to: the dtype of a storage."""
+
+  __slots__ = ("dtype",)
+
+  def __init__(self, dtype):
+    self.dtype = dtype
+
+
+class _OrderedDict(collections.OrderedDict):
+  """collections.OrderedDict for the pickle (state dicts, _parameters, _modules): built
+  only from plain containers, and its pickled state (a state dict's `_metadata`) is
+  dropped."""
+
+  def __init__(self, items=()):
+    super().__init__(items if type(items) in (dict, _OrderedDict) else _items(items))
+
+  def __setstate__(self, state):
+    pass
+
+
+_STORAGE_DTYPES = {
+    "FloatStorage": "f4", "DoubleStorage": "f8", "HalfStorage": "f2", "LongStorage": "i8",
+    "IntStorage": "i4", "ShortStorage": "i2", "CharStorage": "i1", "ByteStorage": "u1",
+    "BoolStorage": "?", "UntypedStorage": "u1",
+}
+_MAX_DIMS = 64  # torch's limit
+
+
+def _ints(value, what):
+  if not (isinstance(value, tuple) and len(value) <= _MAX_DIMS
+          and all(type(v) is int and v >= 0 for v in value)):
+    raise WeightsError(f"tensor {what} {value!r} is not a tuple of non-negative integers")
+  return value
+
+
+class _Unpickler(pickle.Unpickler):
+  """Reads a `.pt` file's data.pkl without importing or calling anything unsafe.
+
+  find_class never imports: it maps the few names a state dict or module pickle needs
+  to this module's own builders (which check their arguments and only build numpy
+  arrays, tuples, strings and dicts) and everything else to an inert class.  So
+  REDUCE, NEWOBJ, INST and OBJ can only ever call those builders or an inert class,
+  and BUILD only ever reaches _Inert.__setstate__ (which stores data) or a builder's
+  result (which refuses).  persistent_load maps storage records to numpy buffers read
+  from the zip, checked against the member sizes.
+  """
+
+  def __init__(self, file, zf, prefix, members, order, path):
+    super().__init__(file)
+    self._zip, self._prefix, self._members = zf, prefix, members
+    self._order = "<" if order == "little" else ">"
+    self._path = path
+    self._storages = {}
+    self._bytes = 0
+    self._inert = {}
+    self._safe = {
+        ("collections", "OrderedDict"): _OrderedDict,
+        ("builtins", "set"): _set,
+        ("builtins", "frozenset"): _frozenset,
+        ("torch._utils", "_rebuild_tensor"): self._rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): self._rebuild_from_type,
+        ("torch", "Size"): _size,
+        ("torch", "device"): _device,
+    }
+
+  def find_class(self, module, name):
+    module = {"__builtin__": "builtins"}.get(module, module)
+    safe = self._safe.get((module, name))
+    if safe is not None:
+      return safe
+    if module == "torch" and name in _STORAGE_DTYPES:
+      return _StorageType(np.dtype(_STORAGE_DTYPES[name]).newbyteorder(self._order))
+    key = (str(module), str(name))
+    if key not in self._inert:
+      self._inert[key] = type(re.sub(r"\W", "_", key[1]) or "_", (_Inert,),
+                              {"__module__": re.sub(r"[^\w.]", "_", key[0])})
+    return self._inert[key]
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+            and type(pid[4]) is int and pid[4] >= 0):
+      raise WeightsError(f"{self._path}: unexpected persistent id {pid!r:.200}")
+    _, kind, key, _, numel = pid
+    if key in self._storages:
+      storage = self._storages[key]
+      if storage.array.dtype != kind.dtype or storage.array.size < numel:
+        raise WeightsError(f"{self._path}: storage {key} is used with two dtypes or sizes")
+      return storage
+    info = self._members.get(f"data/{key}")
+    nbytes = numel * kind.dtype.itemsize
+    if info is None or info.file_size < nbytes:
+      raise WeightsError(f"{self._path}: storage {key} of {nbytes} bytes is missing or short")
+    self._bytes += nbytes
+    if self._bytes > MAX_WEIGHTS_BYTES:
+      raise WeightsError(f"{self._path}: tensors of more than {MAX_WEIGHTS_BYTES} bytes")
+    with self._zip.open(info) as f:
+      data = f.read(nbytes)
+    if len(data) != nbytes:
+      raise WeightsError(f"{self._path}: storage {key} is short")
+    storage = self._storages[key] = _Storage(np.frombuffer(data, kind.dtype, numel))
+    return storage
+
+  def _rebuild_tensor(self, storage, offset, size, stride, *rest):
+    """torch._utils._rebuild_tensor_v2: a strided view of a storage, as a numpy copy."""
+    if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0:
+      raise WeightsError(f"{self._path}: a tensor without a valid storage and offset")
+    size, stride = _ints(size, "size"), _ints(stride, "stride")
+    if len(size) != len(stride):
+      raise WeightsError(f"{self._path}: tensor size {size} and stride {stride} differ in rank")
+    flat = storage.array
+    numel = math.prod(size)
+    if numel == 0:
+      return _Tensor(np.zeros(size, flat.dtype.newbyteorder("=")))
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    # numel <= storage size also bounds expanded (stride 0) views: memory follows the file.
+    self._bytes += numel * flat.dtype.itemsize
+    if last >= flat.size or numel > flat.size or self._bytes > MAX_WEIGHTS_BYTES:
+      raise WeightsError(f"{self._path}: tensor of size {size}, stride {stride} at offset "
+                         f"{offset} does not fit its storage of {flat.size} elements")
+    view = np.lib.stride_tricks.as_strided(
+        flat[offset:], size, [s * flat.dtype.itemsize for s in stride], writeable=False)
+    return _Tensor(view.astype(flat.dtype.newbyteorder("=")))
+
+  def _rebuild_from_type(self, func, new_type, args, state):
+    """torch._tensor._rebuild_from_type_v2 (tensor subclasses): the plain tensor."""
+    if func is not self._rebuild_tensor or not isinstance(args, tuple):
+      raise WeightsError(f"{self._path}: a tensor subclass built by {func!r:.100}")
+    return func(*args)
+
+
+def _rebuild_parameter(data, *rest):
+  """torch._utils._rebuild_parameter[_with_state]: the parameter's tensor."""
+  if not isinstance(data, _Tensor):
+    raise WeightsError("a parameter that is not a tensor")
+  return data
+
+
+def _set(items=()):
+  return set(_items(items))
+
+
+def _frozenset(items=()):
+  return frozenset(_items(items))
+
+
+def _items(items):
+  # Only plain containers: iterating anything else could be asked to run its code.
+  if not isinstance(items, (list, tuple)):
+    raise WeightsError(f"a set of {type(items).__name__}")
+  return items
+
+
+def _size(items=()):
+  return _ints(tuple(_items(items)), "size")
+
+
+def _device(*args):
+  return str(args[0]) if args else "cpu"
+
+
+def _module_state(obj, path, prefix="", out=None, seen=None):
   """state_dict-style names -> tensors from an inertly unpickled nn.Module tree."""
   out = {} if out is None else out
+  seen = set() if seen is None else seen
+  if id(obj) in seen or len(seen) > 100_000:
+    raise WeightsError(f"{path}: the module tree has a cycle or is too large")
+  seen.add(id(obj))
   d = getattr(obj, "__dict__", {})
   if "_parameters" not in d and "_modules" not in d:
-    if isinstance(obj, dict):
-      return obj
-    raise WeightsError("the pickle holds neither a state dict nor a torch module")
+    raise WeightsError(f"{path}: the pickle holds neither a state dict nor a torch module")
   skip = d.get("_non_persistent_buffers_set")
   skip = set(skip) if isinstance(skip, (set, frozenset, list, tuple)) else set()
   for group in ("_parameters", "_buffers"):
-    for name, t in (d.get(group) or {}).items():
+    tensors = d.get(group) or {}
+    if not isinstance(tensors, dict):
+      raise WeightsError(f"{path}: {prefix}{group} is not a dict")
+    for name, t in tensors.items():
       if t is not None and name not in skip:
-        out[prefix + name] = t
-  for name, sub in (d.get("_modules") or {}).items():
+        out[f"{prefix}{name}"] = t
+  modules = d.get("_modules") or {}
+  if not isinstance(modules, dict):
+    raise WeightsError(f"{path}: {prefix}_modules is not a dict")
+  for name, sub in modules.items():
     if sub is not None:
-      _module_state(sub, f"{prefix}{name}.", out)
+      _module_state(sub, path, f"{prefix}{name}.", out, seen)
   return out
 
 
@@ -321,8 +616,8 @@ def upsilont(model_dir=None):
     if not f.is_file():
       raise FileNotFoundError(f"{f}: missing; pass model_dir= a folder holding "
                               "upsilont_state_dict.npz and upsilont_preprocess.json")
-  with npz.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
-    state = {k: z[k] for k in z.files}
+  with npz.open("rb") as fh:
+    state = read_npz(fh, npz)
   try:
     pre = json.loads(js.read_text())
   except json.JSONDecodeError as e:

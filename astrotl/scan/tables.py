@@ -66,11 +66,22 @@ def to_arrow(values, kind=None):
   return pa.array(arr)
 
 
+def _survey_ids(meta):
+  """obsid is LAMOST's integer id; other surveys' ids (SDSS's PLATE-MJD-FIBER) go to
+  designation instead, so the column keeps one type."""
+  obsid = meta.get("obsid")
+  if obsid is None or isinstance(obsid, (int, np.integer)):
+    return meta
+  return dict(meta, obsid=None, designation=meta.get("designation") or
+              f"{meta.get('survey', '')} {obsid}".strip())
+
+
 def chunk_table(model, files, metas, outs, inputs=None, first=0):
   """The arrow table of one chunk: file, header values, carried catalog columns and the
   model's outputs (null where a cascade skipped a network)."""
   import pyarrow as pa
   cols = {"file": to_arrow(files, "str")}
+  metas = [_survey_ids(m) for m in metas]
   for name, key in _META.items():
     vals = [m.get(key) for m in metas]
     cols[name] = to_arrow(vals, "int" if name in _INT else "str" if name in _STR else None)
