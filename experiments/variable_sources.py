@@ -29,11 +29,11 @@ import pathlib
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from astrotl import metrics, models, train
+from astrotl import configs, metrics, models, train
 from astrotl.datasets import as_numpy, variable_stars
 from astrotl.io import weights
 from astrotl.preprocess import features as F
@@ -339,4 +339,4 @@ def plot_confusions(workdir, tag, res):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  configs.run(main)  # --config=NAME finds the packaged config

@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from astrotl import checkpoint, metrics, parallel, surgery, train
+from astrotl import checkpoint, configs, metrics, parallel, surgery, train
 from astrotl.preprocess import simulate, spectra
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "astrotl/configs/wd_search.py[:arg]")
@@ -426,4 +426,4 @@ def plot_sdss(workdir, x, result):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  configs.run(main)  # --config=NAME finds the packaged config
