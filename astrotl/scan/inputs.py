@@ -94,8 +94,12 @@ def _walk(folder: pathlib.Path) -> list:
   return out
 
 
-def from_catalog(path, root=None, path_column=None, allow_outside_root=False) -> Inputs:
-  """Files listed by a catalog (see the module docstring)."""
+def from_catalog(path, root=None, path_column=None, allow_outside_root=False,
+                 suffixes=SUFFIXES) -> Inputs:
+  """Files listed by a catalog (see the module docstring).
+
+  `suffixes`: names of the files that may be found by name under `root` when the listed
+  path is absent (default: spectra; None: any file)."""
   if not os.path.isfile(path):
     raise InputError(f"--catalog={path}: no such file")
   try:
@@ -117,7 +121,7 @@ def from_catalog(path, root=None, path_column=None, allow_outside_root=False) ->
     found = _existing(full)
     if found is None:
       if by_name is None:
-        by_name = _names_under(base)
+        by_name = _names_under(base, suffixes)
       found = _by_name(by_name, full)
     if found is None:
       missing += 1
@@ -144,12 +148,12 @@ def _existing(path):
   return twin if os.path.lexists(twin) else None
 
 
-def _names_under(base) -> dict:
+def _names_under(base, suffixes=SUFFIXES) -> dict:
   """file name -> paths under `base`, for catalogs whose folder layout is absent."""
   out = {}
   for root, _, files in os.walk(base):
     for name in files:
-      if name.lower().endswith(SUFFIXES):
+      if suffixes is None or name.lower().endswith(tuple(suffixes)):
         out.setdefault(name, []).append(os.path.join(root, name))
   return out
 
