@@ -234,8 +234,14 @@ def load_variables(path) -> dict:
   """
   step_dir = _step_dir(path)
   verify(step_dir)
+  checkpointer = ocp.StandardCheckpointer()
   try:
-    tree = ocp.StandardCheckpointer().restore(step_dir / "state")
+    # Numpy targets: the arrays come back on the host whatever devices wrote them (without
+    # a target orbax insists on the saving topology, e.g. 8 GPUs).
+    meta = checkpointer.metadata(step_dir / "state")
+    meta = getattr(meta, "item_metadata", meta)
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
+    tree = checkpointer.restore(step_dir / "state", target)
   except Exception as e:
     raise CheckpointError(f"{step_dir}: cannot read checkpoint ({type(e).__name__}: {e})") from e
   tree = jax.tree.map(np.asarray, tree)
