@@ -138,6 +138,8 @@ def finetune(catalog, source="wd_stage1", out="model.npz", *, root=None, label_c
   input: an input spec replacing the source's.  workdir: keep checkpoints and
     metrics.jsonl there (re-running resumes); default a temporary folder.
   command: the command to record in the bundle (the CLI passes its own).
+  The evaluation (validation and test accuracy, per-class completeness / purity,
+  confusion) is printed and kept in the returned model's `meta["about"]["evaluation"]`.
   """
   arguments = {k: v for k, v in locals().items() if k not in ("log", "command")}
   from astrotl import bundle, labelled, parallel, train

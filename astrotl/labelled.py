@@ -155,7 +155,8 @@ def _labels(table, catalog, column, transform) -> list:
     transform = TRANSFORMS[transform]
   out = []
   for v in table[col]:
-    v = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip()
+    v = "" if v is None else str(v).strip()
+    v = "" if v.lower() in ("nan", "--") else v  # a missing value (NaN, a masked entry)
     if transform is not None and v:
       v = transform(v)
     out.append("" if v is None else str(v).strip())
