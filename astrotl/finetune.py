@@ -233,18 +233,16 @@ def _standardise_features(data, spec):
   Kim et al. 2021 transfer to a new survey), applied to every split; returns the input
   spec the new bundle needs."""
   from astrotl.preprocess import features
-  pre = spec["preprocess"]
-  order = list(pre["feature_order"])
 
-  def named(x):
-    return {k: x[:, i] for i, k in enumerate(order)}
+  def named(x):  # labelled gives the features in FEATURES order
+    return {k: x[:, i] for i, k in enumerate(features.FEATURES)}
 
-  pre = features.fit_preprocess(named(data.splits["train"]["x"]), pre)
+  pre = features.fit_preprocess(named(data.splits["train"]["x"]), spec["preprocess"])
   pre = {k: v for k, v in pre.items() if k != "n_final"}
   pre["classes"] = list(data.classes)
   for d in data.splits.values():
     d["x"] = (features.upsilont_inputs(named(d["x"]), pre).astype(np.float32) if len(d["y"])
-              else np.zeros((0, len(order)), np.float32))
+              else np.zeros((0, len(features.FEATURES)), np.float32))
   return dict(spec, preprocess=pre)
 
 

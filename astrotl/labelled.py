@@ -9,8 +9,8 @@ files are read with the scan's readers and preprocessing:
   spectrum    `io.batch.decode_many`, then `bundle.network_inputs` with the source model's
               input spec: the very arrays `Model.predict` feeds the network;
   image       `io.images.read_image`, then `preprocess.images.to_model_input`;
-  lightcurve  the 16 features of `astrotl.lightcurves.features_for` (raw, in the order
-              of the UPSILoN-T preprocess; the caller standardises them).
+  lightcurve  `io.lightcurve.read_curve`, then the 16 features (`lightcurves.features`,
+              raw, in `preprocess.features.FEATURES` order; the caller standardises them).
 
 Rows are split by object, so repeat observations of one star never straddle two
 splits: rows that share a group id (a `group_column`, else `group` or `designation`,
@@ -31,8 +31,6 @@ SPLITS = ("train", "validation", "test")
 LABEL_ALIASES = ("label", "labels", "target")
 GROUP_ALIASES = ("group", "designation")
 RADIUS = 2.0  # arcsec: repeat LAMOST visits of one star agree to well under this
-IMAGE_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".png", ".jpg", ".jpeg",
-                  ".npy")
 
 
 def _letter(label):
@@ -89,8 +87,8 @@ def load(catalog, kind="spectrum", input=None, root=None, label_column=None,
   if kind not in KINDS:
     raise ValueError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
   fractions = _fractions(split)
-  suffixes = {"spectrum": scan_inputs.SUFFIXES, "image": IMAGE_SUFFIXES}.get(kind)
-  found = scan_inputs.from_catalog(catalog, root, path_column, allow_outside_root, suffixes)
+  found = scan_inputs.from_catalog(catalog, root, path_column, allow_outside_root,
+                                   _suffixes(kind))
   table = found.table
   skipped = [(int(r), f"{p}: {why}") for r, p, why in found.refused]
   skipped += [(int(r), f"{p}: listed before in row {first}") for r, first, p in found.duplicates]
@@ -134,6 +132,18 @@ def load(catalog, kind="spectrum", input=None, root=None, label_column=None,
     raise ValueError(f"{catalog}: no readable labelled files for training ({len(errors)} "
                      f"unreadable, {len(skipped)} rows skipped)")
   return out
+
+
+def _suffixes(kind) -> tuple:
+  """Names of the files a catalog row may be found by under its root."""
+  if kind == "spectrum":
+    from astrotl.scan import inputs
+    return inputs.SUFFIXES
+  if kind == "image":
+    from astrotl.io import images
+    return images.FITS_SUFFIXES + images.PIL_SUFFIXES + (".npy",)
+  from astrotl.io import lightcurve
+  return lightcurve.SUFFIXES
 
 
 def _fractions(split):
@@ -325,15 +335,29 @@ def read_images(paths, spec, progress=True):
 
 
 def lightcurve_features(paths):
-  """The 16 UPSILoN features of light-curve files: (features (n, 16), good, errors).
-
-  The one place that depends on `astrotl.lightcurves` (reading and feature extraction
-  live there, as for prediction)."""
+  """The 16 UPSILoN features of light-curve files, (n, 16) in `preprocess.features.FEATURES`
+  order, read and computed as `Model.predict` does for light curves (`io.lightcurve.read_curve`,
+  `lightcurves.features`).  A file that cannot be read, or whose features cannot be
+  computed or are not finite, is an error with its reason.  (The one place that depends on
+  the light-curve modules.)"""
   from astrotl import lightcurves
-  features, good, errors = lightcurves.features_for(paths)
-  features = np.asarray(features, np.float64).reshape(len(good), -1)
-  errors = [(os.fspath(p), r) for p, r in errors]
-  finite = np.isfinite(features).all(axis=1)  # a NaN feature would poison the training loss
-  for i in np.flatnonzero(~finite):
-    errors.append((os.fspath(paths[good[i]]), "a feature is not finite (too few points?)"))
-  return features[finite], [g for g, ok in zip(good, finite) if ok], errors
+  from astrotl.io import lightcurve as io_lc
+  from astrotl.preprocess import features as F
+  curves, good, errors = [], [], []
+  for i, path in enumerate(paths):
+    try:
+      curves.append(io_lc.read_curve(path))
+      good.append(i)
+    except io_lc.LightCurveError as e:
+      errors.append((os.fspath(path), e.reason))
+  if not curves:
+    return np.zeros((0, len(F.FEATURES))), [], errors
+  feats = lightcurves.features(curves)
+  x = np.stack([np.asarray(feats[k], np.float64) for k in F.FEATURES], axis=1)
+  ok = (np.asarray(feats["reason"]) == 0) & np.isfinite(x).all(axis=1)
+  for j in np.flatnonzero(~ok):
+    code = int(feats["reason"][j])
+    why = (lightcurves.reason_text(code, int(feats["n_points"][j])) if code else
+           "features_not_finite: the curve is too sparse or too regular for them")
+    errors.append((os.fspath(paths[good[j]]), why))
+  return x[ok], [g for g, k in zip(good, ok) if k], errors

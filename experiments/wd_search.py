@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from astrotl import checkpoint, configs, losses, metrics, parallel, surgery, train
+from astrotl import checkpoint, metrics, parallel, surgery, train
 from astrotl.preprocess import simulate, spectra
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "astrotl/configs/wd_search.py[:arg]")
@@ -176,6 +176,12 @@ def assemble(real, wd, wdm, classes):
   return {"x": x, "y": y.astype(np.int32)}
 
 
+def class_weights(y, k):
+  counts = np.bincount(y, minlength=k).astype(float)
+  w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0)
+  return tuple(float(v) for v in w)
+
+
 def binary(split, classes):
   wd = np.isin(split["y"], [classes.index("WD"), classes.index("WD+M")])
   return {"x": split["x"], "y": wd.astype(np.int32)}
@@ -228,7 +234,7 @@ def main(argv):
   # Stage 1: the 7-class classifier.
   s1 = train.merged_config(config.stage1)
   s1.model_config = dict(config.model_config, num_classes=len(classes))
-  s1.class_weights = losses.balanced_weights(data["train"]["y"], len(classes))
+  s1.class_weights = class_weights(data["train"]["y"], len(classes))
   r1 = train.fit(s1, workdir / "stage1", {"train": data["train"], "validation": data["validation"]})
   v1 = r1.best_variables
   z_val = logits("cnn1d", s1.model_config, v1, data["validation"]["x"])
@@ -420,4 +426,4 @@ def plot_sdss(workdir, x, result):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  configs.run(main)  # --config=NAME finds the packaged config
+  app.run(main)

@@ -95,13 +95,10 @@ def _walk(folder: pathlib.Path) -> list:
 
 
 def from_catalog(path, root=None, path_column=None, allow_outside_root=False,
-                 suffixes=SUFFIXES) -> Inputs:
-  """Files listed by a catalog (see the module docstring).
-
-  `suffixes`: names of the files that may be found by name under `root` when the listed
-  path is absent (default: spectra; None: any file)."""
+                 suffixes=SUFFIXES, flag="--catalog") -> Inputs:
+  """Files listed by a catalog (see the module docstring)."""
   if not os.path.isfile(path):
-    raise InputError(f"--catalog={path}: no such file")
+    raise InputError(f"{flag}={path}: no such file")
   try:
     rel, table = io_catalog.catalog_paths(path, path_column)
   except io_catalog.CatalogError as e:
@@ -148,12 +145,12 @@ def _existing(path):
   return twin if os.path.lexists(twin) else None
 
 
-def _names_under(base, suffixes=SUFFIXES) -> dict:
+def _names_under(base, suffixes) -> dict:
   """file name -> paths under `base`, for catalogs whose folder layout is absent."""
   out = {}
   for root, _, files in os.walk(base):
     for name in files:
-      if suffixes is None or name.lower().endswith(tuple(suffixes)):
+      if name.lower().endswith(suffixes):
         out.setdefault(name, []).append(os.path.join(root, name))
   return out
 
