@@ -334,14 +334,8 @@ class Model:
 
   def network_inputs(self, inputs) -> tuple[list, np.ndarray]:
     """(names, the networks' input x) for spectra, exactly as the device computes it."""
-    import jax
-    import jax.numpy as jnp
-    from astrotl.preprocess import spectra
     names, raw, _, _ = spectrum_inputs(inputs)
-    if "inputs" not in self._fns:
-      self._fns["inputs"] = jax.jit(lambda u, f, v, m: spectra.network_input(
-          *spectra.resample_pixels(u, f, v, m, xp=jnp), self.input, xp=jnp))
-    return names, np.asarray(self._fns["inputs"](raw["u"], raw["flux"], raw["ivar"], raw["mask"]))
+    return names, network_inputs(raw, self.input)
 
   def explain(self, inputs, target=None, network=None):
     """Grad-CAM maps (n, pixels) of `network` (default the primary) for `target` (a class
@@ -375,6 +369,34 @@ class Model:
     return f"<astrotl Model {self.name} ({self.kind}; {nets})>"
 
 
+_INPUT_FNS = {}
+
+
+def network_inputs(raw: dict, spec: dict, batch_size: int = 256) -> np.ndarray:
+  """Network inputs x for raw arrays from `astrotl.io.batch` (any number of rows), as
+  `Model.make_fn` computes them on the device: resampling, then `spectra.network_input`
+  per the input `spec`, jit-compiled.  Rows go through in padded batches of one size, so
+  a long list (a labelled catalog) compiles once."""
+  import jax
+  import jax.numpy as jnp
+  from astrotl import parallel
+  from astrotl.preprocess import spectra
+  key = json.dumps(spec, sort_keys=True)
+  if key not in _INPUT_FNS:
+    frozen_spec = json.loads(key)  # a caller changing its dict later must not change this
+    _INPUT_FNS[key] = jax.jit(lambda u, f, v, m: spectra.network_input(
+        *spectra.resample_pixels(u, f, v, m, xp=jnp), frozen_spec, xp=jnp))
+  fn = _INPUT_FNS[key]
+  n = len(raw["u"])
+  size = min(batch_size, max(8, 1 << max(n - 1, 0).bit_length()))  # few compiled sizes
+  outs = []
+  for start in range(0, n, size):
+    part, _ = parallel.pad_rows({k: v[start:start + size] for k, v in raw.items()}, size)
+    x = fn(part["u"], part["flux"], part["ivar"], part["mask"])
+    outs.append(np.asarray(x)[:min(size, n - start)])
+  return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
 # --- loading ----------------------------------------------------------------------------
 
 def upgrade_meta(meta: dict) -> dict:
@@ -403,7 +425,8 @@ def _resource(rel):
 
 def load_model(name_or_path) -> Model:
   """A Model from a bundled name (`wd_two_stage`, `wd_stage1`, `upsilont`), a bundle path
-  (.npz), or 'torch:stage1.pt,stage2.pt' (Tan et al.'s published PyTorch weights)."""
+  (.npz), or 'torch:stage1.pt,stage2.pt' (Tan et al.'s published PyTorch weights;
+  'torch:stage1.pt' alone gives their 7-class stage 1)."""
   from astrotl import checkpoint
   spec = os.fspath(name_or_path) if name_or_path is not None else "wd_two_stage"
   if spec.startswith("torch:"):
@@ -442,25 +465,30 @@ def load_model(name_or_path) -> Model:
   return model
 
 
-def from_torch(stage1_pt, stage2_pt) -> Model:
+def from_torch(stage1_pt, stage2_pt=None) -> Model:
   """Tan et al.'s published PyTorch networks (7_cnn_model.pt, 2_cnn_model.pt) as a
-  two-stage model with their 7 classes (no calibration)."""
+  two-stage model with their 7 classes (no calibration); stage 1 alone (a 7-class
+  classifier) when `stage2_pt` is None."""
   from astrotl.io import weights
   from astrotl.preprocess.spectra import DEFAULT_CLASSES
   classes = list(DEFAULT_CLASSES)
+  stages = (("stage1", stage1_pt, classes), ("stage2", stage2_pt, ["other", "WD"]))
   trees, nets = {}, {}
-  for key, path, names in (("stage1", stage1_pt, classes), ("stage2", stage2_pt, ["other", "WD"])):
+  for key, path, names in stages[:1 if stage2_pt is None else 2]:
     trees[key] = weights.tan_cnn1d(weights.load_torch(path), num_classes=len(names))
     nets[key] = {"model": "cnn1d", "config": {"num_classes": len(names)}, "output": "classes",
                  "classes": names, "temperature": 1.0}
-  nets["stage2"]["positive"] = "WD"
-  meta = {"format": FORMAT, "name": "tan2023_torch",
+  source = f"torch:{stage1_pt}" + (f",{stage2_pt}" if stage2_pt is not None else "")
+  rule = None
+  if stage2_pt is not None:
+    nets["stage2"]["positive"] = "WD"
+    rule = {"type": "two_stage", "score": "p_wd", "threshold": 0.5, "agree": "class1",
+            "classes": ["WD"]}
+  meta = {"format": FORMAT, "name": "tan2023_torch" if stage2_pt is not None else
+          "tan2023_torch_stage1",
           "input": {"type": "spectrum", "normalise": "tan", "pixels": 3700},
-          "networks": nets,
-          "rule": {"type": "two_stage", "score": "p_wd", "threshold": 0.5, "agree": "class1",
-                   "classes": ["WD"]},
-          "about": {"source": f"torch:{stage1_pt},{stage2_pt}"}}
-  return Model(trees, meta, source=f"torch:{stage1_pt},{stage2_pt}")
+          "networks": nets, "rule": rule, "about": {"source": source}}
+  return Model(trees, meta, source=source)
 
 
 def _upsilont(folder) -> Model:

@@ -14,10 +14,10 @@ hashes its files and moves SHA256SUMS into place atomically, so a step is comple
 exactly when it has SHA256SUMS.  A process killed earlier leaves an unfinished temporary
 directory, which orbax ignores, or a step without SHA256SUMS.
 
-Restoring (`restore_latest`, `load_variables`) first checks every file against
-SHA256SUMS, on each process.  In `restore_latest`, a checkpoint that fails the check or
-does not restore is logged with the failing file, set aside as `<step>.corrupt` and the
-next older one is tried; `load_variables` raises CheckpointError instead.  A checkpoint
+Restoring (`restore_latest`, `load_variables`, `load_record`) first checks every file
+against SHA256SUMS, on each process.  In `restore_latest`, a checkpoint that fails the
+check or does not restore is logged with the failing file, set aside as `<step>.corrupt`
+and the next older one is tried; the other two raise CheckpointError instead.  A checkpoint
 of an older astrotl (no SHA256SUMS, no format in its record) is restored unverified,
 with a warning.
 """
@@ -206,6 +206,24 @@ def verify(step_dir) -> bool:
   return True
 
 
+def _step_dir(path) -> pathlib.Path:
+  """The step directory a workdir, its checkpoints/ directory (newest step) or a step
+  directory names."""
+  path = pathlib.Path(path).absolute()
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  if not path.exists():
+    raise CheckpointError(f"{path}: no such checkpoint (init_from must be a workdir, its "
+                          "checkpoints/ directory or a step directory)")
+  if (path / "state").exists():
+    return path
+  mngr = _manager(path, read_only=True)
+  steps = sorted(mngr.all_steps())
+  if not steps:
+    raise CheckpointError(f"{path}: no checkpoint steps found")
+  return path / str(steps[-1])
+
+
 def load_variables(path) -> dict:
   """{'params': ..., 'batch_stats': ...} as numpy from a checkpoint, for `init_from`.
 
@@ -214,26 +232,36 @@ def load_variables(path) -> dict:
   checked against the step's SHA256SUMS first; a mismatch raises CheckpointError naming
   the file (no fallback to an older step: `init_from` names what it wants).
   """
-  path = pathlib.Path(path).absolute()
-  if (path / "checkpoints").is_dir():
-    path = path / "checkpoints"
-  if not path.exists():
-    raise CheckpointError(f"{path}: no such checkpoint (init_from must be a workdir, its "
-                          "checkpoints/ directory or a step directory)")
-  step_dir = path
-  if not (path / "state").exists():
-    mngr = _manager(path, read_only=True)
-    steps = sorted(mngr.all_steps())
-    if not steps:
-      raise CheckpointError(f"{path}: no checkpoint steps found")
-    step_dir = path / str(steps[-1])
+  step_dir = _step_dir(path)
   verify(step_dir)
+  checkpointer = ocp.StandardCheckpointer()
   try:
-    tree = ocp.StandardCheckpointer().restore(step_dir / "state")
+    # Numpy targets: the arrays come back on the host whatever devices wrote them (without
+    # a target orbax insists on the saving topology, e.g. 8 GPUs).
+    meta = checkpointer.metadata(step_dir / "state")
+    meta = getattr(meta, "item_metadata", meta)
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
+    tree = checkpointer.restore(step_dir / "state", target)
   except Exception as e:
     raise CheckpointError(f"{step_dir}: cannot read checkpoint ({type(e).__name__}: {e})") from e
   tree = jax.tree.map(np.asarray, tree)
   return {k: tree[k] for k in ("params", "batch_stats") if k in tree and tree[k] is not None}
+
+
+def load_record(path) -> dict:
+  """The JSON record of the checkpoint `load_variables(path)` reads (`train.fit`: best
+  metrics and `config`, the run's config as JSON); {} when the step has none."""
+  step_dir = _step_dir(path)
+  verify(step_dir)
+  if not (step_dir / "record").is_dir():
+    return {}
+  try:
+    record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "record")
+  except Exception as e:
+    raise CheckpointError(f"{step_dir / 'record'}: unreadable ({type(e).__name__}: {e})") from e
+  record = dict(record or {})
+  record.pop(_FORMAT_KEY, None)
+  return record
 
 
 # --- portable model bundles -----------------------------------------------------------

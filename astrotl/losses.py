@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def cross_entropy(logits, labels, class_weights=None):
@@ -16,6 +17,14 @@ def cross_entropy(logits, labels, class_weights=None):
   if class_weights is not None:
     loss = loss * jnp.sum(onehot * jnp.asarray(class_weights, logits.dtype), axis=-1)
   return loss
+
+
+def balanced_weights(y, num_classes) -> tuple:
+  """Class weights inverse to the counts of integer labels `y` (mean 1 over the classes
+  present; 0 for a class with no example), for `cross_entropy` / `config.class_weights`."""
+  counts = np.bincount(np.asarray(y, int), minlength=num_classes).astype(float)
+  w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
+  return tuple(float(v) for v in w)
 
 
 def log_cosh(pred, target):

@@ -1,19 +1,23 @@
 """Train any registry model on arrays: `python -m astrotl.main --config=... --workdir=...`.
 
-Re-running the same command resumes from the newest checkpoint in --workdir.  With
---distributed each process joins jax.distributed first (SLURM / Cloud TPU auto-detected;
-on a plain host see launch/local.sh) and feeds its own rows of every batch.
+--config names a packaged config (`default`, `default:steps=10`) or a config file; every
+key, the model's fields included, can be overridden (`--config.model_config.dense_width=256`,
+`--config.transfer.init_from=wd_stage1`).  Re-running the same command resumes from the
+newest checkpoint in --workdir.  With --distributed each process joins jax.distributed
+first (SLURM / Cloud TPU auto-detected; on a plain host see launch/local.sh) and feeds
+its own rows of every batch.
 """
 
 import pathlib
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from astrotl import parallel
+from astrotl import configs, parallel
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A packaged config by name "
+                                          "(default[:arg]) or a config file (path.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and metrics go here.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 
@@ -46,4 +50,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  configs.run(main)

@@ -8,8 +8,8 @@ a pure function of seed and step).  Besides the train state, each checkpoint hol
 else decides the run's future: the best metrics and variables, the early-stopping count
 and whether the run has stopped (see `astrotl.checkpoint`), so a resumed run returns
 bit for bit what an uninterrupted one does.  Transfer learning is configuration
-(`config.transfer`): init_from, skip, reinit, zero_init, freeze, n_blocks, lr_decay,
-from_scratch.
+(`config.transfer`): init_from (a checkpoint, a model bundle or a bundled model), skip,
+reinit, zero_init, freeze, n_blocks, lr_decay, from_scratch.
 """
 
 import dataclasses
@@ -70,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.early_stopping_metric = "val_loss"
   c.progress = True
   c.transfer = ml_collections.ConfigDict()
-  c.transfer.init_from = ""       # checkpoint workdir / step dir; or pass `pretrained=`
+  c.transfer.init_from = ""       # workdir / step dir, bundle (x.npz[:net]), wd_stage1, ...
   c.transfer.skip = ("head/.*",)  # not loaded from the pretrained tree
   c.transfer.reinit = ""          # loaded, then re-initialised anyway
   c.transfer.zero_init = "head/(.*/)?(kernel|bias)"  # a new head starts at zero
@@ -111,7 +111,7 @@ def transfer_variables(config, fresh: dict, pretrained: dict | None = None) -> d
   if t.from_scratch or (pretrained is None and not t.init_from):
     return fresh
   if pretrained is None:
-    pretrained = checkpoint.load_variables(t.init_from)
+    pretrained = load_pretrained(t.init_from)
   out = {}
   for col in ("params", "batch_stats"):
     if not fresh.get(col):
@@ -123,6 +123,16 @@ def transfer_variables(config, fresh: dict, pretrained: dict | None = None) -> d
       v = surgery.zeros(v, t.zero_init)
     out[col] = jax.tree.map(np.asarray, v)
   return out
+
+
+def load_pretrained(spec) -> dict:
+  """Variables for `transfer.init_from`: an orbax checkpoint (a workdir, its checkpoints/
+  or a step directory), or a model bundle ('x.npz', 'x.npz:stage1'), a bundled model
+  ('wd_stage1') or 'torch:7_cnn_model.pt' (one network, see `finetune.load_source`)."""
+  from astrotl.finetune import is_model, load_source
+  if is_model(spec):
+    return load_source(spec).primary.variables
+  return checkpoint.load_variables(spec)  # an error names a missing path as a checkpoint
 
 
 def frozen_pattern(config, params):

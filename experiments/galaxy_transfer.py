@@ -12,7 +12,7 @@ import pathlib
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import galaxy_data  # noqa: E402
 
-from astrotl import models, train  # noqa: E402
+from astrotl import configs, models, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "astrotl/configs/galaxy_transfer.py:...")
 _WORKDIR = flags.DEFINE_string("workdir", None, "results.json, plots and checkpoints go here.")
@@ -185,4 +185,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  configs.run(main)  # --config=NAME finds the packaged config

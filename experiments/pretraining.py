@@ -11,7 +11,7 @@ import json
 import pathlib
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -22,7 +22,7 @@ from scipy import stats
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import galaxy_data  # noqa: E402
 
-from astrotl import metrics, train  # noqa: E402
+from astrotl import configs, metrics, train  # noqa: E402
 from astrotl.preprocess import images as prep  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "astrotl/configs/pretraining.py:...")
@@ -161,4 +161,4 @@ def plot(results, workdir):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  configs.run(main)  # --config=NAME finds the packaged config

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 import numpy as np
 
-from astrotl import explain, metrics, train
+from astrotl import configs, explain, metrics, train
 from astrotl.io import lamost
 from astrotl.preprocess import spectra
 
@@ -351,4 +351,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  configs.run(main)  # --config=NAME finds the packaged config

@@ -29,11 +29,11 @@ import pathlib
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from astrotl import metrics, models, train
+from astrotl import configs, losses, metrics, models, train
 from astrotl.datasets import as_numpy, variable_stars
 from astrotl.io import weights
 from astrotl.preprocess import features as F
@@ -78,11 +78,6 @@ def stratified_subset(y, fraction, seed, num_classes):
       k = min(len(members), max(1, int(round(fraction * len(members)))))
       idx.append(rng.choice(members, k, replace=False))
   return np.sort(np.concatenate(idx))
-
-
-def class_weights(y, k):
-  counts = np.bincount(y, minlength=k).astype(float)
-  return tuple(float(w) for w in np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0))
 
 
 def score(y, pred, classes):
@@ -185,7 +180,7 @@ def run_target(name, band, config, up_vars, up_pre, workdir, manual_dir):
         c.seed = int(seed)
         c.transfer.update(recipe)
         if config.balanced:
-          c.class_weights = class_weights(y, k)
+          c.class_weights = losses.balanced_weights(y, k)
         r = train.fit(c, workdir / "runs" / tag / f"{variant}_f{fraction:g}_s{seed}",
                       {"train": subset}, pretrained=None if variant == "scratch" else up_vars)
         model = models.get("mlp", **c.model_config)
@@ -339,4 +334,4 @@ def plot_confusions(workdir, tag, res):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  configs.run(main)  # --config=NAME finds the packaged config

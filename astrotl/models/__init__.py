@@ -34,11 +34,27 @@ REGISTRY = {
 }
 
 
-def get(name: str, **cfg):
-  """Builds model `name` with config overrides `cfg` (unknown keys are an error)."""
+def _class(name: str):
   if name not in REGISTRY:
     raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
-  cls = REGISTRY[name]
+  return REGISTRY[name]
+
+
+def defaults(name: str, **cfg) -> dict:
+  """Every config field of model `name` with its default (updated by `cfg`), e.g. for a
+  config whose `model_config` must accept `--config.model_config.FIELD=...`.  `frozen`
+  is left out: training sets it."""
+  out = {f.name: f.default for f in dataclasses.fields(_class(name))
+         if f.name not in ("parent", "name", "frozen") and f.default is not dataclasses.MISSING}
+  unknown = sorted(set(cfg) - set(out))
+  if unknown:
+    raise ValueError(f"model {name!r} has no config field(s) {unknown}; fields: {sorted(out)}")
+  return {**out, **cfg}
+
+
+def get(name: str, **cfg):
+  """Builds model `name` with config overrides `cfg` (unknown keys are an error)."""
+  cls = _class(name)
   fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
   unknown = sorted(set(cfg) - fields)
   if unknown:
