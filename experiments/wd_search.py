@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import real_spectra  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from astrotl import bundle, checkpoint, metrics, train  # noqa: E402
+from astrotl import bundle, checkpoint, configs, metrics, train  # noqa: E402
 from astrotl.preprocess import degrade, simulate, spectra  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "astrotl/configs/wd_search.py[:arg]")
@@ -535,4 +535,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  configs.run(main)  # --config=NAME finds the packaged config
