@@ -116,12 +116,12 @@ def _bad_files(tmp):
   good = "mjd,mag,err\n" + "".join(f"{i},{10 + i % 3},0.1\n" for i in range(20))
   files = {
       "missing.csv": (None, "no such file"),
-      "folder.csv": ("dir", "a folder"),
+      "folder.csv": ("dir", "is a directory"),
       "pipe.csv": ("fifo", "a named pipe"),
-      "link.csv": ("link", "a link to a missing file"),
+      "link.csv": ("link", "dangling symbolic link"),
       "binary.dat": (b"\x00\x01\x02" * 100, "binary content"),
-      "big.csv": ("1,2,0.1\n" * 5000, "larger than the limit"),
-      "bomb.csv.gz": (gzip.compress(b"1 2 3\n" * 20000), "(decompressed)"),
+      "big.csv": ("1,2,0.1\n" * 5000, "over the 19.5 kB limit for a light curve"),
+      "bomb.csv.gz": (gzip.compress(b"1 2 3\n" * 20000), "decompresses to over the"),
       "damaged.csv.gz": (gzip.compress(good.encode())[:-30], "damaged gzip"),
       "flux.csv": ("time,flux\n1,2\n2,3\n", "no magnitude column"),
       "dates.csv": ("date,mag,err\n2020-01-01,10,0.1\n", "'2020-01-01' is not a number"),

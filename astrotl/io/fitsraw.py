@@ -95,35 +95,39 @@ def _kind(mode) -> str:
   return "is not a regular file"
 
 
-def read_file(path) -> bytes:
-  """The bytes of a regular file of at most MAX_FILE_BYTES, else SpectrumError.
+def read_file(path, max_bytes: int | None = None, error=SpectrumError,
+              what: str = "a spectrum file") -> bytes:
+  """The bytes of a regular file of at most `max_bytes` (default MAX_FILE_BYTES), else
+  `error(path, reason)`.
 
   The path is checked with stat before it is opened, so a FIFO or a device is never
   opened (opening a FIFO blocks; /dev/zero never ends), and checked again on the
-  open descriptor, so a file swapped in between cannot slip through.
+  open descriptor, so a file swapped in between cannot slip through.  Every reader of
+  astrotl (spectra, light curves) reads files through this function.
   """
+  max_bytes = MAX_FILE_BYTES if max_bytes is None else max_bytes
   try:
     name = os.fspath(path)
     st = os.stat(name)
   except FileNotFoundError:
     if os.path.islink(name):
-      raise SpectrumError(path, "dangling symbolic link (its target does not exist)") from None
-    raise SpectrumError(path, "no such file") from None
+      raise error(path, "dangling symbolic link (its target does not exist)") from None
+    raise error(path, "no such file") from None
   except (TypeError, ValueError) as e:  # not a path, or a NUL byte in it
-    raise SpectrumError(path, f"not a usable file path ({e})") from None
+    raise error(path, f"not a usable file path ({e})") from None
   except OSError as e:
     if e.errno == errno.ELOOP:
-      raise SpectrumError(path, "symbolic link loop") from None
-    raise SpectrumError(path, f"cannot read file: {e.strerror or e}") from None
-  _check_regular(path, st)
+      raise error(path, "symbolic link loop") from None
+    raise error(path, f"cannot read file: {e.strerror or e}") from None
+  _check_regular(path, st, max_bytes, error, what)
   flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
   try:
     fd = os.open(name, flags | getattr(os, "O_CLOEXEC", 0))
   except OSError as e:
-    raise SpectrumError(path, f"cannot read file: {e.strerror or e}") from None
+    raise error(path, f"cannot read file: {e.strerror or e}") from None
   try:
     st = os.fstat(fd)
-    _check_regular(path, st)
+    _check_regular(path, st, max_bytes, error, what)
     # Read until EOF: one read of the size fstat gave, plus whatever a file that grew
     # since adds (and network file systems may return short reads).
     parts, size = [], 0
@@ -133,26 +137,33 @@ def read_file(path) -> bytes:
         break
       parts.append(chunk)
       size += len(chunk)
-      if size > MAX_FILE_BYTES:
-        raise SpectrumError(path, f"file is larger than {MAX_FILE_BYTES >> 20} MB, far more "
-                            "than a spectrum file holds")
+      if size > max_bytes:
+        raise error(path, f"file is over the {size_text(max_bytes)} limit for {what}")
   except OSError as e:
-    raise SpectrumError(path, f"cannot read file: {e.strerror or e}") from None
+    raise error(path, f"cannot read file: {e.strerror or e}") from None
   finally:
     os.close(fd)
   if not size:
-    raise SpectrumError(path, "empty file (0 bytes)")
+    raise error(path, "empty file (0 bytes)")
   return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _check_regular(path, st):
+def _check_regular(path, st, max_bytes, error, what):
   if not stat.S_ISREG(st.st_mode):
-    raise SpectrumError(path, _kind(st.st_mode))
+    raise error(path, _kind(st.st_mode))
   if st.st_size == 0:
-    raise SpectrumError(path, "empty file (0 bytes)")
-  if st.st_size > MAX_FILE_BYTES:
-    raise SpectrumError(path, f"file is {st.st_size / 2**20:.0f} MB, more than the "
-                        f"{MAX_FILE_BYTES >> 20} MB a spectrum file can be")
+    raise error(path, "empty file (0 bytes)")
+  if st.st_size > max_bytes:
+    raise error(path, f"file is {size_text(st.st_size)}, over the {size_text(max_bytes)} "
+                f"limit for {what}")
+
+
+def size_text(n: int) -> str:
+  """A byte count for people: '19.5 kB', '3 MB'."""
+  for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+    if n >= scale:
+      return f"{n / scale:.3g} {unit}"
+  return f"{n} bytes"
 
 
 class _Plain:

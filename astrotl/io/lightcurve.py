@@ -25,10 +25,8 @@ import csv
 import gzip
 import io
 import json
-import os
 import pathlib
 import re
-import stat
 import sys
 import tarfile
 import zlib
@@ -257,32 +255,11 @@ def read_many(paths, max_bytes: int = MAX_BYTES, on_file=None, **columns):
 
 
 def _read_bounded(path, max_bytes):
-  """The file's bytes (gunzipped), refusing non-regular files and more than max_bytes."""
-  try:
-    # O_NONBLOCK: opening a named pipe must not wait for a writer; it is refused below.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-  except FileNotFoundError:
-    broken = os.path.islink(path)
-    raise LightCurveError(path, "a link to a missing file" if broken else "no such file") from None
-  except PermissionError:
-    raise LightCurveError(path, "permission denied; make the file readable") from None
-  except OSError as e:
-    raise LightCurveError(path, f"cannot open ({e.strerror or e})") from None
-  mode = os.fstat(fd).st_mode
-  if not stat.S_ISREG(mode):
-    os.close(fd)
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a device")
-    raise LightCurveError(path, f"{kind}, not a light-curve file")
-  with os.fdopen(fd, "rb") as f:
-    try:
-      raw = f.read(max_bytes + 1)
-    except OSError as e:
-      raise LightCurveError(path, f"cannot read ({e.strerror or e})") from None
-  limit = (f"larger than the limit for one light curve ({max_bytes:,} bytes); if it really "
-           "is one, raise max_bytes (--max_file_mb)")
-  if len(raw) > max_bytes:
-    raise LightCurveError(path, limit)
+  """The file's bytes (gunzipped): regular files only, at most max_bytes before and after
+  decompression (astrotl.io.fitsraw.read_file, the one bounded reader)."""
+  from astrotl.io import fitsraw
+  what = "a light curve (if it really is one, raise max_bytes, or --max_file_mb)"
+  raw = fitsraw.read_file(path, max_bytes, LightCurveError, what)
   if raw.startswith(b"\x1f\x8b"):
     try:
       with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
@@ -290,7 +267,8 @@ def _read_bounded(path, max_bytes):
     except (OSError, EOFError, zlib.error) as e:
       raise LightCurveError(path, f"damaged gzip file ({e}); download it again") from None
     if len(raw) > max_bytes:
-      raise LightCurveError(path, f"{limit} (decompressed)")
+      raise LightCurveError(path, f"decompresses to over the {fitsraw.size_text(max_bytes)} "
+                            f"limit for {what}")
   return raw
 
 
