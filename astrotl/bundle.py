@@ -347,13 +347,15 @@ class Model:
     t.meta["model"] = self.source
     return t
 
-  def embed(self, inputs, batch_size: int = 256) -> np.ndarray:
-    """The primary network's penultimate features (what its head sees), (n, D) float32."""
+  def embed(self, inputs, batch_size: int = 256, names: bool = False):
+    """The primary network's penultimate features (what its head sees), (n, D) float32;
+    with `names`, (the names of the inputs that could be read, the features)."""
     if self.input.get("type") == "lightcurve":
       from astrotl import lightcurves
       return lightcurves.embed(self, inputs, batch_size)
-    names, raw, metas, errors = spectrum_inputs(inputs)
-    return np.asarray(self._run(raw, batch_size, embed=True)["embedding"], np.float32)
+    got, raw, metas, errors = spectrum_inputs(inputs)
+    e = np.asarray(self._run(raw, batch_size, embed=True)["embedding"], np.float32)
+    return (got, e) if names else e
 
   def network_inputs(self, inputs) -> tuple[list, np.ndarray]:
     """(names, the networks' input x) for spectra, exactly as the device computes it."""

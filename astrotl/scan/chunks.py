@@ -3,10 +3,11 @@
 The inputs are cut into chunks.  A finished chunk's errors, its embeddings (with
 --embeddings: `chunk_NNNNNN.embedding.npy`, float16, one row per row of the table) and
 then its rows are written to `chunks/` with atomic renames; the rows file appearing marks
-the chunk done, and a line in `journal.jsonl` records it.  So a killed scan resumes where it stopped and never
-writes a row twice or loses one.  `scan.json` (the manifest) pins the inputs, chunking and
-model, so a re-run into the same folder with other inputs is refused instead of mixed in.
-A lock file keeps a second scan out of a folder that one is writing.
+the chunk done, and a line in `journal.jsonl` records it.  So a killed scan resumes where
+it stopped and never writes a row (or an embedding) twice or loses one.  `scan.json` (the
+manifest) pins the inputs, chunking, model and embeddings, so a re-run into the same
+folder with other inputs is refused instead of mixed in.  A lock file keeps a second scan
+out of a folder that one is writing.
 """
 
 import csv

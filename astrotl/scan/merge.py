@@ -82,9 +82,9 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
   n_scanned = int(sum(len(s) for s in scores)) if rule else _rows(store)
   summary = _summary(store, model, rule, known, inputs, run_stats, n_scanned, len(errors),
                      n_cand, cand, classes)
-  summary.update(embeddings=bool(embeddings),
-                 anomaly_reference=model.meta.get("reference") if embeddings else None,
-                 n_anomalies_written=min(anomalies, odd.num_rows) if anomalies and odd is not None else 0)
+  written = min(anomalies, odd.num_rows) if anomalies and odd is not None else 0
+  summary.update(embeddings=bool(embeddings), n_anomalies_written=written,
+                 anomaly_reference=model.meta.get("reference") if embeddings else None)
   write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
   from astrotl.scan import report
   report.write(out, summary, model, rule,
