@@ -9,13 +9,16 @@ or more networks and a JSON description::
                            "classes": ["A", ...], "temperature": 1.8},
                 "stage2": {..., "classes": ["other", "WD"], "positive": "WD"}},
    "rule": {"type": "two_stage", ...} or null,      (astrotl.rules)
+   "reference": {"network": "stage1", "n": ..., "k": ..., "scale": ...} (optional),
    "about": {"trained_by": ..., "training_data": ..., "evaluation": {...}}}
 
 `input` says how a spectrum becomes the network input (`spectra.network_input`), or for
 light curves the 16 UPSILoN features and their preprocessing.  A network's `output` is
 "classes" (with class names and a calibration temperature) or "regression" (with target
 names and optionally "scale": [[mean, std], ...]).  Everything that trains writes a
-bundle (`Model.save`); everything that predicts reads one (`load_model`).
+bundle (`Model.save`); everything that predicts reads one (`load_model`).  A `reference`
+(embeddings of the training set, in the tree of that name) lets the scan score anomalies:
+`astrotl.similar.reference` describes it, `astrotl.similar.add_reference` adds one.
 
 Bundled models, by name: `wd_two_stage` (the scan's default), `wd_stage1` (its stage 1
 alone, a stellar classifier) and `upsilont` (Kim et al. 2021's variable-star classifier).
@@ -88,6 +91,11 @@ class Network:
       return jax.nn.softmax(z / self.temperature, axis=-1)
     return z * self.scale[:, 1] + self.scale[:, 0]
 
+  @property
+  def embedding_width(self) -> int:
+    """D of the network's embedding: what its `head` (every model names it so) sees."""
+    return int(np.shape(self.variables["params"]["head"]["kernel"])[0])
+
   def describe(self):
     return {**self.meta, "classes": self.classes} if self.output == "classes" else self.meta
 
@@ -111,6 +119,17 @@ class Model:
     if missing:
       raise BundleError(f"{self.source}: no weights for networks {missing}")
     self.networks = {n: Network(n, m, trees[n]) for n, m in meta["networks"].items()}
+    self.reference = None  # (R, D) unit embeddings of the training set, or None
+    if meta.get("reference"):
+      ref = (trees.get("reference") or {}).get("embedding")
+      if "reference" in meta["networks"] or ref is None or np.ndim(ref) != 2:
+        raise BundleError(f"{self.source}: the bundle describes a reference but holds no "
+                          "(n, D) array reference/embedding")
+      if meta["reference"].get("network") != self.primary.name:
+        raise BundleError(f"{self.source}: the reference was made with network "
+                          f"{meta['reference'].get('network')!r}, not the primary "
+                          f"{self.primary.name!r}")
+      self.reference = np.asarray(ref, np.float32)
     self.rule = meta.get("rule")
     rules.check(self.rule, list(self.columns()) + ["snr"])
     self._fns = {}
@@ -221,16 +240,20 @@ class Model:
 
   def make_fn(self, mesh, networks=None, embed=False, share=True):
     """jit-compiled (variables, u, flux, ivar, mask) -> {network: probabilities or values,
-    "embedding": (B, D) if embed}, on raw batches from `astrotl.io.batch` (whose "snr"
-    the host keeps: see `outputs_to_columns`).
+    "embedding": (B, D) and, for a bundle with a reference, "anomaly": (B,) if embed}, on
+    raw batches from `astrotl.io.batch` (whose "snr" the host keeps: see
+    `outputs_to_columns`).
 
-    Resampling, normalisation and every network run in one function on the device.
-    `networks`: names to run (default all); `share`: run a shared conv trunk once.
+    Resampling, normalisation, every network and the anomaly score run in one function on
+    the device.  `networks`: names to run (default all); `share`: run a shared conv trunk
+    once.
     """
+    import functools
     import jax
     import jax.numpy as jnp
     from astrotl import parallel
     from astrotl.preprocess import spectra
+    from astrotl.similar import metric
 
     if self.input.get("type", "spectrum") != "spectrum":
       raise BundleError(f"{self.source}: a {self.input.get('type')} model, not a spectrum model")
@@ -241,8 +264,9 @@ class Model:
     trunk = share and len(nets) > 1 and all(self.shared_trunk(names[0], n) for n in names[1:])
     if embed and primary.name not in names:
       raise BundleError("embed needs the primary network")
+    ref = self.meta["reference"] if embed and self.reference is not None else None
 
-    def fn(variables, u, flux, ivar, mask):
+    def fn(variables, reference, u, flux, ivar, mask):
       f, iv, bad = spectra.resample_pixels(u, flux, ivar, mask, xp=jnp)
       x = spectra.network_input(f, iv, bad, spec, xp=jnp)
       out = {}
@@ -255,12 +279,18 @@ class Model:
              else net.model.apply(v, x))
         out[net.name] = net.finish(z)
         if embed and net is primary:
-          out["embedding"] = (net.model.apply(v, feats, from_features=True, output="embedding")
-                              if feats is not None else net.model.apply(v, x, output="embedding"))
+          e = (net.model.apply(v, feats, from_features=True, output="embedding")
+               if feats is not None else net.model.apply(v, x, output="embedding"))
+          out["embedding"] = e
+          if ref is not None:
+            out["anomaly"] = metric.knn_score(e, reference, ref["k"], ref["scale"], xp=jnp)
       return out
 
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(fn, in_shardings=(repl, data, data, data, data), out_shardings=data)
+    jitted = jax.jit(fn, in_shardings=(repl, repl, data, data, data, data), out_shardings=data)
+    # The reference is bound here, placed once: it belongs to the model, not to a network.
+    reference = parallel.replicate(self.reference, mesh) if ref is not None else None
+    return functools.partial(_bind_second, jitted, reference)
 
   def variables(self, names=None) -> dict:
     return {n: self.networks[n].variables for n in (names or self.networks)}
@@ -324,13 +354,15 @@ class Model:
     t.meta["model"] = self.source
     return t
 
-  def embed(self, inputs, batch_size: int = 256) -> np.ndarray:
-    """The primary network's penultimate features (what its head sees), (n, D) float32."""
+  def embed(self, inputs, batch_size: int = 256, names: bool = False):
+    """The primary network's penultimate features (what its head sees), (n, D) float32;
+    with `names`, (the names of the inputs that could be read, the features)."""
     if self.input.get("type") == "lightcurve":
       from astrotl import lightcurves
       return lightcurves.embed(self, inputs, batch_size)
-    names, raw, metas, errors = spectrum_inputs(inputs)
-    return np.asarray(self._run(raw, batch_size, embed=True)["embedding"], np.float32)
+    got, raw, metas, errors = spectrum_inputs(inputs)
+    e = np.asarray(self._run(raw, batch_size, embed=True)["embedding"], np.float32)
+    return (got, e) if names else e
 
   def network_inputs(self, inputs) -> tuple[list, np.ndarray]:
     """(names, the networks' input x) for spectra, exactly as the device computes it."""
@@ -353,14 +385,21 @@ class Model:
     """A Model of one network of this one (e.g. stage 1 of the two-stage bundle)."""
     meta = dict(self.meta, name=name or f"{self.name}:{network}",
                 networks={network: self.meta["networks"][network]}, rule=None)
-    return Model({network: self.networks[network].variables}, meta, source=self.source)
+    trees = {network: self.networks[network].variables}
+    if self.reference is not None and self.meta["reference"].get("network") == network:
+      trees["reference"] = {"embedding": self.reference}
+    else:
+      meta["reference"] = None
+    return Model(trees, meta, source=self.source)
 
   def save(self, path, int8=(), dtype=np.float16) -> pathlib.Path:
     """Writes the bundle (`.npz`); int8: regexes of 2-D kernels to store as int8."""
     from astrotl import checkpoint
     meta = dict(self.meta, format=FORMAT)
-    checkpoint.save_bundle(path, {n: net.variables for n, net in self.networks.items()}, meta,
-                           dtype=dtype, int8=int8)
+    trees = {n: net.variables for n, net in self.networks.items()}
+    if self.reference is not None:
+      trees["reference"] = {"embedding": self.reference}
+    checkpoint.save_bundle(path, trees, meta, dtype=dtype, int8=int8)
     return pathlib.Path(path)
 
   def __repr__(self):
@@ -395,6 +434,9 @@ def network_inputs(raw: dict, spec: dict, batch_size: int = 256) -> np.ndarray:
     x = fn(part["u"], part["flux"], part["ivar"], part["mask"])
     outs.append(np.asarray(x)[:min(size, n - start)])
   return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+def _bind_second(fn, second, first, *rest):
+  return fn(first, second, *rest)
 
 
 # --- loading ----------------------------------------------------------------------------

@@ -128,3 +128,11 @@ def _tiny_bundles(folder):
 @pytest.fixture(scope="session")
 def tiny_bundles(tmp_path_factory):
   return _tiny_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory):
+  """A 96-spectrum DR9-layout mirror with its catalog (astrotl.tools.make_mirror)."""
+  from astrotl.tools import make_mirror
+  out = tmp_path_factory.mktemp("mirror")
+  return make_mirror.make(96, out, seed=1, level=1)

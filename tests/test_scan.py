@@ -182,13 +182,6 @@ def test_bad_files_are_reported_and_skipped(tmp_path, tiny_bundles, shared_data)
   assert len(pred["file"]) == 5 and (s["n_scanned"], s["n_errors"]) == (5, 7)
 
 
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory):
-  from astrotl.tools import make_mirror
-  out = tmp_path_factory.mktemp("mirror")
-  return make_mirror.make(96, out, seed=1, level=1)
-
-
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_each_input_once(tmp_path, tiny_bundles, mirror):
   ref = tmp_path / "ref"

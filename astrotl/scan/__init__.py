@@ -14,8 +14,10 @@ Data flows one way through small modules:
   runner   batches through one jit-compiled function on the local devices (resampling,
            normalisation and the networks, `astrotl.bundle.Model.make_fn`), overlapped
            with decoding and with chunk writes;
-  chunks   the output folder: lock, manifest, journaled atomic chunks (resume exactly);
-  merge    chunks -> predictions.parquet, candidates.fits/.vot, errors.csv, summary.json;
+  chunks   the output folder: lock, manifest, journaled atomic chunks (resume exactly),
+           with --embeddings each spectrum's embedding beside its row;
+  merge    chunks -> predictions.parquet, candidates.fits/.vot, errors.csv, summary.json,
+           with --anomalies=N anomalies.fits/.vot;
   report   report.md and its plots.
 With --distributed each process scans the chunks i with i % processes == its index on
 its own devices (inference needs no collectives), then process 0 merges.
@@ -65,10 +67,15 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
          threshold=None, min_snr=None, veto=None, known=None, known_ra_column=None,
          known_dec_column=None, radius=3.0, path_column=None, allow_outside_root=False,
          max_missing=0.5, batch_size=256, chunk_size=0, workers=None, time_limit=60.0,
-         mode="auto", top=12, explain=False, progress=True, log=print):
+         mode="auto", top=12, explain=False, embeddings=False, anomalies=0, progress=True,
+         log=print):
   """Scans spectra into `out` and returns the summary dict (None on processes other than 0).
 
   spectra: folders, files or globs (comma-separated text or a list); or catalog (+ root).
+  embeddings: also store each spectrum's embedding (the primary network's penultimate
+  features, float16) in the chunks, for `astrotl.similar`, and its anomaly score (the
+  column `anomaly`; null when the bundle has no reference); anomalies: write the N most
+  anomalous spectra to anomalies.fits/.vot.
 
   Re-running the same call continues where a killed or interrupted run stopped.  Bad
   arguments raise InputError, OutputError, BundleError or RuleError before any file is
@@ -79,7 +86,9 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   t_start = time.time()
   check_ranges(threshold=threshold, radius=radius, batch_size=batch_size,
                chunk_size=chunk_size, workers=workers, time_limit=time_limit, top=top,
-               min_snr=min_snr, max_missing=max_missing)
+               min_snr=min_snr, max_missing=max_missing, anomalies=anomalies)
+  if anomalies and not embeddings:
+    raise InputError("--anomalies needs --embeddings (the anomaly score is computed with them)")
   found, known_cat, m, rule = prepare(spectra, catalog, root, path_column, allow_outside_root,
                                       known, known_ra_column, known_dec_column, radius, model,
                                       select, threshold, min_snr, veto)
@@ -96,10 +105,12 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   # The decoders start first: their start-up overlaps the model's compilation.
   pool = w.DecodePool(os.cpu_count() if workers is None else workers, time_limit)
   try:
-    run = runner.Runner(m, parallel.make_mesh(jax.local_devices()), batch_size, mode)
+    run = runner.Runner(m, parallel.make_mesh(jax.local_devices()), batch_size, mode,
+                        embed=embeddings)
     store.open({"inputs_sha256": chunks.inputs_digest(paths), "n_inputs": len(paths),
                 "chunk_size": chunk_size, "model": m.identity(), "model_source": m.source,
-                "cascade": list(m.rule["classes"]) if run.mode == "cascade" else None}, main)
+                "cascade": list(m.rule["classes"]) if run.mode == "cascade" else None,
+                "embeddings": embedding_manifest(m) if embeddings else None}, main)
     already = store.n_done_inputs()
     todo = [i for i in range(store.n_chunks) if i % n_proc == me and not store.done(i)]
     n_todo = sum(b - a for a, b in map(store.span, todo))
@@ -129,7 +140,8 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
              "host_wait_decode_s": run.wait_decode, "host_wait_device_s": run.wait_device,
              "decoders_replaced": pool.replaced, "timings": times}
     t1 = time.time()
-    summary = scan_merge.merge(store, m, rule, known_cat, top, stats, found, explain)
+    summary = scan_merge.merge(store, m, rule, known_cat, top, stats, found, explain,
+                               embeddings, anomalies)
     times["merge_and_report"] = time.time() - t1
     summary["wall_seconds"] = time.time() - t_start
     summary["too_many_missing"] = bool(found.missing > max_missing * len(paths))
@@ -138,6 +150,17 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   finally:
     store.close()
   return summary
+
+
+def embedding_manifest(model) -> dict:
+  """What a scan's stored embeddings and anomaly scores depend on beyond the weights."""
+  ref = None
+  if model.reference is not None:
+    import hashlib
+    h = hashlib.sha256(json.dumps(model.meta["reference"], sort_keys=True).encode())
+    h.update(model.reference.tobytes())
+    ref = h.hexdigest()[:16]
+  return {"width": model.primary.embedding_width, "dtype": "float16", "reference": ref}
 
 
 def prepare(spectra, catalog, root, path_column, allow_outside_root, known, known_ra_column,
@@ -199,8 +222,7 @@ def run_chunks(run, pool, store, todo, found, process, progress, n_todo, unit="s
 
   try:
     for i in todo:
-      table, errors = run.scan_chunk(results(i), store.span(i)[0], found)
-      writer.put(i, table, errors)
+      writer.put(i, *run.scan_chunk(results(i), store.span(i)[0], found))
   except (Interrupted, KeyboardInterrupt) as e:
     pool.close()  # at once: decoding more is pointless
     writer.close(timeout=1.5)
@@ -225,11 +247,12 @@ def check_ranges(**values):
       "min_snr": lambda v: v is None or v >= 0,
       "max_missing": lambda v: 0.0 <= v <= 1.0,
       "max_file_mb": lambda v: v > 0,
+      "anomalies": lambda v: v >= 0,
   }
   wanted = {"threshold": "in [0, 1]", "radius": "> 0 (arcsec)", "batch_size": ">= 1",
             "chunk_size": ">= 0 (0 = automatic)", "workers": ">= 0 (0 = decode in this process)",
             "time_limit": "> 0 (seconds)", "top": ">= 0", "min_snr": ">= 0",
-            "max_missing": "in [0, 1]", "max_file_mb": "> 0 (MB)"}
+            "max_missing": "in [0, 1]", "max_file_mb": "> 0 (MB)", "anomalies": ">= 0"}
   for name, value in values.items():
     if not checks[name](value):
       raise InputError(f"--{name}={value}: must be {wanted[name]}")

@@ -51,6 +51,11 @@ def define_flags():
                 "model runs (see astrotl.scan.runner).")
   f.DEFINE_integer("top", 12, "Spectra plotted in the report.")
   f.DEFINE_bool("explain", False, "Class-activation-map plots of the top candidates.")
+  f.DEFINE_bool("embeddings", False, "Store each spectrum's embedding (float16) beside its "
+                "predictions, for python -m astrotl.similar, and its anomaly score (distance to "
+                "the bundle's training-set reference; null without one).")
+  f.DEFINE_integer("anomalies", 0, "With --embeddings: write the N most anomalous spectra to "
+                   "anomalies.fits and anomalies.vot.")
   f.DEFINE_bool("distributed", False, "Join jax.distributed first (SLURM, Cloud TPU, "
                 "launch/local.sh).")
   f.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -83,7 +88,8 @@ def main(argv):
         radius=F.radius, path_column=F.path_column, allow_outside_root=F.allow_outside_root,
         max_missing=F.max_missing, batch_size=F.batch_size, chunk_size=F.chunk_size,
         workers=F.workers, time_limit=F.time_limit, mode=F.mode, top=F.top,
-        explain=F.explain, progress=F.progress)
+        explain=F.explain, embeddings=F.embeddings, anomalies=F.anomalies,
+        progress=F.progress)
   except (scan.InputError, scan.OutputError, bundle.BundleError, rules.RuleError,
           FileNotFoundError) as e:
     _fail(str(e))

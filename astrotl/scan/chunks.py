@@ -1,11 +1,13 @@
 """The output folder of a scan: its lock, its manifest, and the journaled chunks.
 
-The inputs are cut into chunks.  A finished chunk's errors and then its rows are written
-to `chunks/` with atomic renames; the rows file appearing marks the chunk done, and a
-line in `journal.jsonl` records it.  So a killed scan resumes where it stopped and never
-writes a row twice or loses one.  `scan.json` (the manifest) pins the inputs, chunking and
-model, so a re-run into the same folder with other inputs is refused instead of mixed in.
-A lock file keeps a second scan out of a folder that one is writing.
+The inputs are cut into chunks.  A finished chunk's errors, its embeddings (with
+--embeddings: `chunk_NNNNNN.embedding.npy`, float16, one row per row of the table) and
+then its rows are written to `chunks/` with atomic renames; the rows file appearing marks
+the chunk done, and a line in `journal.jsonl` records it.  So a killed scan resumes where
+it stopped and never writes a row (or an embedding) twice or loses one.  `scan.json` (the
+manifest) pins the inputs, chunking, model and embeddings, so a re-run into the same
+folder with other inputs is refused instead of mixed in.  A lock file keeps a second scan
+out of a folder that one is writing.
 """
 
 import csv
@@ -16,6 +18,8 @@ import os
 import pathlib
 import socket
 import time
+
+import numpy as np
 
 
 class OutputError(RuntimeError):
@@ -106,7 +110,8 @@ class Store:
         old = json.loads(path.read_text())
       except (OSError, json.JSONDecodeError):
         old = {}
-      for key in ("inputs_sha256", "n_inputs", "chunk_size", "model", "cascade", "reader"):
+      for key in ("inputs_sha256", "n_inputs", "chunk_size", "model", "cascade", "reader",
+                  "embeddings"):
         if old.get(key) != manifest.get(key):
           done = len(list(self.chunks.glob("chunk_*.parquet")))
           if not done:  # nothing to protect: start over
@@ -142,8 +147,12 @@ class Store:
     """Inputs covered by finished chunks (each saved as a row or an error)."""
     return sum(b - a for a, b in (self.span(i) for i in range(self.n_chunks) if self.done(i)))
 
-  def write(self, i, table, errors, process=0):
-    """Errors first, then the rows, whose atomic appearance marks the chunk done."""
+  def embedding_path(self, i):
+    return self.chunks / f"{self.name(i)}.embedding.npy"
+
+  def write(self, i, table, errors, process=0, embedding=None):
+    """Errors and embeddings first, then the rows, whose atomic appearance marks the chunk
+    done (so a chunk's embeddings exist exactly when its rows do)."""
     import pyarrow.parquet as pq
 
     def write_errors(tmp):
@@ -154,6 +163,10 @@ class Store:
 
     try:
       write_atomic(self.chunks / f"{self.name(i)}.errors.csv", write_errors)
+      if embedding is not None:
+        if len(embedding) != table.num_rows:
+          raise ValueError(f"chunk {i}: {len(embedding)} embeddings for {table.num_rows} rows")
+        write_atomic(self.embedding_path(i), lambda t: _save_npy(t, embedding))
       write_atomic(self.chunks / f"{self.name(i)}.parquet", lambda t: pq.write_table(table, t))
       with open(self.out / "journal.jsonl", "a") as f:
         f.write(json.dumps({"chunk": i, "rows": table.num_rows, "errors": len(errors),
@@ -169,3 +182,8 @@ class Store:
     with open(self.chunks / f"{self.name(i)}.errors.csv", newline="") as f:
       errors = [tuple(r) for r in list(csv.reader(f))[1:]]
     return pq.read_table(self.chunks / f"{self.name(i)}.parquet"), errors
+
+
+def _save_npy(path, array):
+  with open(path, "wb") as f:  # np.save(path) would add a second .npy suffix
+    np.save(f, np.asarray(array, np.float16))

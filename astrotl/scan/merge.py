@@ -2,8 +2,10 @@
 
 Outputs: predictions.parquet (every scanned spectrum, with `candidate` and the known-object
 match), candidates.fits and candidates.vot (the candidates, sorted by score), errors.csv
-(every input that could not be scanned, with the reason) and summary.json.  Memory holds
-one chunk, the candidates, the best rows for the report and one score per spectrum.
+(every input that could not be scanned, with the reason), summary.json, and with
+--anomalies=N anomalies.fits and anomalies.vot (the N highest anomaly scores).  The
+embeddings stay in the chunks (`astrotl.similar` reads them there).  Memory holds one
+chunk, the candidates, the best and most anomalous rows and one score per spectrum.
 """
 
 import csv
@@ -17,7 +19,8 @@ from astrotl.scan import tables
 from astrotl.scan.chunks import write_atomic
 
 
-def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, explain=False):
+def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, explain=False,
+          embeddings=False, anomalies=0):
   """Writes the outputs of a finished scan into `store.out`; returns the summary dict."""
   import pyarrow as pa
   import pyarrow.parquet as pq
@@ -29,6 +32,8 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
   score = rule["score"] if rule else None
   lengths = string_lengths(store)
   writer, errors, scores, eligible, cands, best = None, [], [], [], [], None
+  scored = embeddings and model.reference is not None
+  odd = None  # the most anomalous rows so far
   classes = {}
   class_col = "class1" if "class1" in model.columns() else (
       "pred_class" if "pred_class" in model.columns() else None)
@@ -57,6 +62,8 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
         eligible.append(ok)
         cands.append(t.filter(pa.array(np.asarray(t["candidate"]), pa.bool_())))
         best = _best(best, t, score, top)
+      if scored:
+        odd = _most_anomalous(odd, t, max(top, anomalies))
     if writer is not None:
       writer.close()
       os.replace(tmp, out / "predictions.parquet")
@@ -69,15 +76,22 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
                        kind="stable")
     cand = cand.take(order)
   n_cand = cand.num_rows if cand is not None else 0
-  write_candidates(out, cand, model, inputs, rule, known)
+  write_catalog(out, "candidates", cand, model, inputs, rule, known)
+  if anomalies and scored:
+    write_catalog(out, "anomalies", odd.slice(0, anomalies) if odd is not None else None,
+                  model, inputs, rule, known)
   n_scanned = int(sum(len(s) for s in scores)) if rule else _rows(store)
   summary = _summary(store, model, rule, known, inputs, run_stats, n_scanned, len(errors),
                      n_cand, cand, classes)
+  written = min(anomalies, odd.num_rows) if anomalies and odd is not None else 0
+  summary.update(embeddings=bool(embeddings), n_anomalies_written=written,
+                 anomaly_reference=model.meta.get("reference") if embeddings else None)
   write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
   from astrotl.scan import report
   report.write(out, summary, model, rule,
                np.concatenate(scores) if scores else np.zeros(0, np.float32),
-               np.concatenate(eligible) if eligible else np.zeros(0, bool), best, cand, explain)
+               np.concatenate(eligible) if eligible else np.zeros(0, bool), best, cand, explain,
+               odd.slice(0, top) if odd is not None else None)
   return summary
 
 
@@ -112,8 +126,11 @@ def _add_columns(t, model, rule, known):
 
 
 def column_info(model, inputs, known, names):
-  info = tables.schema(model, inputs.carried() if inputs is not None else ())
+  """{name: (description, unit, UCD)} of `names` (model None: the columns of every scan)."""
+  info = (tables.schema(model, inputs.carried() if inputs is not None else ())
+          if model is not None else dict(tables.BASE))
   info.update(tables.MERGED)
+  info.update(tables.EMBEDDING)
   return {n: info.get(n, ("", "", "")) for n in names}
 
 
@@ -162,8 +179,18 @@ def _best(best, t, score, top):
   return both.take(order)
 
 
-def write_candidates(out, cand, model, inputs, rule, known):
-  """candidates.fits (TTYPEn comments and TCOMMn for TOPCAT) and candidates.vot (UCDs)."""
+def _most_anomalous(odd, t, n):
+  """The `n` rows with the highest anomaly score (nulls never)."""
+  import pyarrow as pa
+  both = t if odd is None else pa.concat_tables([odd, t.cast(odd.schema)])
+  s = _numpy(both["anomaly"]).astype(float)
+  keep = np.flatnonzero(np.isfinite(s))
+  return both.take(keep[np.argsort(-s[keep], kind="stable")[:n]])
+
+
+def write_catalog(out, stem, cand, model, inputs, rule, known):
+  """<stem>.fits (TTYPEn comments and TCOMMn for TOPCAT) and <stem>.vot (UCDs) of rows of
+  the predictions (the candidates, the anomalies)."""
   from astropy.io.votable import from_table
   t = to_astropy(cand, model, inputs, known) if cand is not None else _empty_table(model, inputs)
   t.meta = {"RULE": rules.describe(rule)[:60] if rule else "none",
@@ -171,14 +198,14 @@ def write_candidates(out, cand, model, inputs, rule, known):
             "KNOWNCAT": os.path.basename(known.path)[:60] if known is not None else "none"}
   if known is not None:
     t.meta["RADIUS"] = known.radius
-  write_atomic(out / "candidates.fits", lambda p: write_fits(p, t))
+  write_atomic(out / f"{stem}.fits", lambda p: write_fits(p, t))
   vot = from_table(t)
   info = column_info(model, inputs, known, t.colnames)
   for field in vot.get_first_table().fields:
     ucd = info[field.name][2]
     if ucd:
       field.ucd = ucd
-  write_atomic(out / "candidates.vot", lambda p: vot.to_xml(str(p)))
+  write_atomic(out / f"{stem}.vot", lambda p: vot.to_xml(str(p)))
 
 
 def write_fits(path, t):

@@ -1,5 +1,6 @@
 """report.md and its plots: what was scanned, the rule that selected candidates, what the
-model was trained on and how often it is wrong, and the best-scoring spectra.
+model was trained on and how often it is wrong, the best-scoring spectra, and with
+--embeddings the spectra least like the model's training set (the anomalies).
 
 The histogram and the spectra plot show the rule that selects candidates: the score it
 thresholds, split into the spectra the rule's other conditions let through (stage 1
@@ -55,11 +56,22 @@ def histogram(out, scores, eligible, rule, n_cand):
 
 def top_spectra(out, best, model, rule):
   """The highest-scoring spectra (candidates first), so the plot is never empty."""
+
+  def title(cols, k):
+    label = "candidate" if cols.get("candidate", [False])[k] else "not a candidate"
+    return f"{rule['score']}={_fmt(cols[rule['score']][k])}  [{label}]"
+
+  plot_spectra(out / "top_candidates.png", best, model, title)
+
+
+def plot_spectra(path, rows, model, title):
+  """The spectra of `rows` (an arrow table of predictions), as the network saw them, each
+  titled with its file, model class, survey class and title(columns, k)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from astrotl.preprocess import spectra
-  cols = {c: best[c].to_pylist() for c in best.column_names} if best is not None else {"file": []}
+  cols = {c: rows[c].to_pylist() for c in rows.column_names} if rows is not None else {"file": []}
   n = max(len(cols["file"]), 1)
   x = {}
   if cols["file"]:
@@ -84,22 +96,21 @@ def top_spectra(out, best, model, rule):
       ax.text(0.5, 0.5, "unreadable now", transform=ax.transAxes, ha="center", fontsize=7)
     survey = "/".join(v for v in (cols.get("survey_class", [None])[k],
                                   cols.get("survey_subclass", [None])[k]) if v) or "none"
-    label = "candidate" if cols.get("candidate", [False])[k] else "not a candidate"
     cls = cols.get("class1", cols.get("pred_class", [None] * n))[k]
-    ax.set_title(f"{os.path.basename(f)}  {rule['score']}={_fmt(cols[rule['score']][k])}  "
-                 f"model class={cls}  survey class={survey}  [{label}]", fontsize=7, loc="left")
+    ax.set_title(f"{os.path.basename(f)}  model class={cls}  survey class={survey}  "
+                 f"{title(cols, k)}", fontsize=7, loc="left")
     for line in LINES:
       ax.axvline(line, color="tab:red", lw=0.4, alpha=0.5)
   axes[-1, 0].set_xlabel("wavelength [A]")
   fig.tight_layout()
-  _save(fig, out / "top_candidates.png")
+  _save(fig, path)
 
 
 def _fmt(v):
   return "null" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
 
-def write(out, summary, model, rule, scores, eligible, best, cand, explain=False):
+def write(out, summary, model, rule, scores, eligible, best, cand, explain=False, odd=None):
   lines = [f"# astrotl scan: {summary['model']}", ""]
   lines.append(f"- inputs: {summary['n_inputs']}; scanned: {summary['n_scanned']}; unreadable: "
                f"{summary['n_errors']} (listed with the reason in errors.csv)")
@@ -151,9 +162,41 @@ def write(out, summary, model, rule, scores, eligible, best, cand, explain=False
     top_spectra(out, best, model, rule)
     lines += ["", "![scores and the candidate rule](score_histogram.png)", "",
               "![highest-scoring spectra](top_candidates.png)"]
+  if summary.get("embeddings"):
+    lines += ["", "## Anomalies", ""] + _anomalies(out, summary, model, odd)
   if explain and cand is not None and cand.num_rows:
     lines += ["", _explain(out, cand, model)]
   write_atomic(out / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))
+
+
+def _anomalies(out, summary, model, odd):
+  ref = summary.get("anomaly_reference")
+  lines = ["Each spectrum's embedding (the primary network's penultimate features) is stored "
+           "in chunks/ for `python -m astrotl.similar`."]
+  if not ref:
+    return lines + ["", "No anomaly scores: this model bundle carries no reference set of "
+                    "training-set embeddings, so the `anomaly` column is null. Add one with "
+                    "`astrotl.similar.add_reference(model, training_spectra).save(path)`."]
+  lines += ["", f"`anomaly`: mean distance (cosine) of a spectrum's embedding to its "
+            f"{ref['k']} nearest among {ref['n']} training spectra, in units of the median of "
+            f"that distance for the training spectra themselves ({ref['scale']:.3g}): about 1 "
+            "is like the training data, large is unlike anything the model was trained on."]
+  if ref.get("training_data"):
+    lines.append(f"Training data of the reference: {ref['training_data']}")
+  if summary.get("n_anomalies_written"):
+    lines.append(f"The {summary['n_anomalies_written']} highest scores: anomalies.fits, "
+                 "anomalies.vot.")
+  if odd is None or not odd.num_rows:
+    return lines + ["", "No spectrum has an anomaly score."]
+  plot_spectra(out / "top_anomalies.png", odd, model,
+               lambda cols, k: f"anomaly={_fmt(cols['anomaly'][k])}")
+  lines += ["", "| file | obsid | anomaly | model class | survey class |", "|---|---|---|---|---|"]
+  cls = "class1" if "class1" in odd.column_names else "pred_class"
+  for r in odd.to_pylist():
+    survey = "/".join(v for v in (r.get("survey_class"), r.get("survey_subclass")) if v)
+    lines.append(f"| {os.path.basename(r['file'])} | {r.get('obsid') or ''} | "
+                 f"{_fmt(r['anomaly'])} | {r.get(cls) or ''} | {survey} |")
+  return lines + ["", "![the most anomalous spectra](top_anomalies.png)"]
 
 
 def _explain(out, cand, model, top=12):

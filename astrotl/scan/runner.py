@@ -68,7 +68,8 @@ class Runner:
     return out
 
   def scan_chunk(self, results, first, inputs):
-    """Rows (arrow table) and errors [(file, reason)] of one chunk.
+    """Rows (arrow table), errors [(file, reason)] and embeddings ((rows, D) or None) of
+    one chunk.
 
     results: iterator of (task's paths, decode_many result) in input order, covering the
     chunk's inputs, which start at input number `first`.
@@ -86,7 +87,12 @@ class Runner:
     for raw, rows in stage1.flush():
       self._stage1(raw, len(rows))
     outs = self._finish(len(files))
-    return tables.chunk_table(self.model, files, metas, outs, inputs, first), errors
+    table = tables.chunk_table(self.model, files, metas, outs, inputs, first, self.embed)
+    embedding = None
+    if self.embed:
+      width = self.model.primary.embedding_width
+      embedding = outs.get("embedding", np.zeros((0, width), np.float32))
+    return table, errors, embedding
 
   def _stage1(self, raw, n):
     pending = self._dispatch(self.fns[0], self.variables[0], raw, n)
@@ -202,17 +208,17 @@ class Writer:
       item = self._q.get()
       if item is None:
         return
-      i, table, errors = item
+      i, table, errors, embedding = item
       try:
         if self._error is None:
-          self.store.write(i, table, errors, self.process)
+          self.store.write(i, table, errors, self.process, embedding)
           self.on_saved(i, table.num_rows + len(errors))
       except BaseException as e:  # reported to the main thread
         self._error = e
 
-  def put(self, i, table, errors):
+  def put(self, i, table, errors, embedding=None):
     self._raise()
-    self._q.put((i, table, errors))
+    self._q.put((i, table, errors, embedding))
 
   def close(self, timeout=None):
     """Waits (at most `timeout` s) for the queued chunks to be saved; a second call is a

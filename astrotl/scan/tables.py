@@ -28,13 +28,18 @@ MERGED = {
                  "meta.id.cross"),
     "known_sep": ("separation from that --known object", "arcsec", "pos.angDistance"),
 }
+EMBEDDING = {
+    "anomaly": ("distance to the training set in embedding space, in units of a training "
+                "spectrum's (about 1: like it); null: the model has no reference",
+                "", "stat.value"),
+}
 _META = {"obsid": "obsid", "designation": "designation", "ra": "ra", "dec": "dec",
          "snr_g": "snr_g", "survey_class": "class", "survey_subclass": "subclass"}
 _INT = ("obsid",)
 _STR = ("file", "designation", "survey_class", "survey_subclass")
 
 
-def schema(model, carried=()) -> dict:
+def schema(model, carried=(), embeddings=False) -> dict:
   """{column: (description, unit, UCD)} of a chunk table, in order."""
   out = {k: BASE[k] for k in ("file", "obsid", "designation", "ra", "dec", "snr_g",
                               "survey_class", "survey_subclass")}
@@ -46,6 +51,8 @@ def schema(model, carried=()) -> dict:
         "stat.probability" if name.startswith("p") else "")
     out[name] = (desc, unit, ucd)
   out["snr"] = BASE["snr"]
+  if embeddings:
+    out.update(EMBEDDING)
   return out
 
 
@@ -76,9 +83,11 @@ def _survey_ids(meta):
               f"{meta.get('survey', '')} {obsid}".strip())
 
 
-def chunk_table(model, files, metas, outs, inputs=None, first=0):
-  """The arrow table of one chunk: file, header values, carried catalog columns and the
-  model's outputs (null where a cascade skipped a network)."""
+def chunk_table(model, files, metas, outs, inputs=None, first=0, embeddings=False):
+  """The arrow table of one chunk: file, header values, carried catalog columns, the
+  model's outputs (null where a cascade skipped a network) and with `embeddings` the
+  anomaly score (null without a reference).  The embeddings themselves are stored beside
+  the table (`chunks.Store.write`)."""
   import pyarrow as pa
   cols = {"file": to_arrow(files, "str")}
   metas = [_survey_ids(m) for m in metas]
@@ -94,4 +103,8 @@ def chunk_table(model, files, metas, outs, inputs=None, first=0):
     text = name in ("class1", "pred_class")
     values = out_cols.get(name, np.zeros(0, str if text else np.float32))
     cols[name] = to_arrow(values, "str" if text else None)
+  if embeddings:
+    score = outs.get("anomaly") if files else None
+    cols["anomaly"] = to_arrow(np.full(len(files), np.nan, np.float32) if score is None
+                             else np.asarray(score, np.float32))
   return pa.table(cols)

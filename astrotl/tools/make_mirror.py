@@ -168,6 +168,29 @@ def make(n, out, seed=0, level=6):
   return catalog
 
 
+def embedding_scan(folder, n, dim=256, clusters=40, spread=0.3, chunk_size=4096, seed=0):
+  """A finished `--embeddings` scan folder holding only synthetic embeddings (Gaussian
+  clusters, float16) and file/obsid columns: a test bed for astrotl.similar.  Returns the
+  unit embeddings (float32) in row order."""
+  from astrotl.scan import chunks
+  from astrotl.similar import metric
+  import pyarrow as pa
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(clusters, dim))
+  x = (centres[rng.integers(clusters, size=n)] + spread * rng.normal(size=(n, dim)))
+  x = x.astype(np.float16)
+  store = chunks.Store(folder, n, chunk_size)
+  store.open({"inputs_sha256": f"synthetic:{seed}", "n_inputs": n, "chunk_size": chunk_size,
+              "model": "synthetic", "cascade": None,
+              "embeddings": {"width": dim, "dtype": "float16", "reference": None}})
+  for i in range(store.n_chunks):
+    a, b = store.span(i)
+    store.write(i, pa.table({"file": [f"synthetic-{j}" for j in range(a, b)],
+                             "obsid": np.arange(OBSID0 + a, OBSID0 + b)}), [], embedding=x[a:b])
+  store.close()
+  return metric.unit(x)
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
