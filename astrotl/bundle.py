@@ -392,6 +392,13 @@ class Model:
       meta["reference"] = None
     return Model(trees, meta, source=self.source)
 
+  def with_meta(self, **updates) -> "Model":
+    """A copy with `updates` in its description (e.g. about=...); same networks."""
+    trees = {n: net.variables for n, net in self.networks.items()}
+    if self.reference is not None:
+      trees["reference"] = {"embedding": self.reference}
+    return Model(trees, dict(self.meta, **updates), source=self.source)
+
   def save(self, path, int8=(), dtype=np.float16) -> pathlib.Path:
     """Writes the bundle (`.npz`); int8: regexes of 2-D kernels to store as int8."""
     from astrotl import checkpoint

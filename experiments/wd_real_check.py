@@ -16,7 +16,8 @@ arrays through the scan model's own jit function and its default candidate rule.
   --lamost_files) at their native S/N and degraded (`degrade.degrade`) to each
   --lamost_snrs value below their own, --draws times.
 - --cv maps an object (CALSPEC object_prefix, SDSS object = first file's name, LAMOST file)
-  to the bundle that must score it (one that never saw it); others get --model.
+  to the bundle that must score it (one that never saw it); others get --model.  An object
+  mapped to null was trained on by every model at hand and is not scored.
 
 Rates are per object: each object counts once, with the fraction of its draws flagged (draws
 of one object are correlated).  95% intervals are Wilson score intervals with n = number
@@ -345,12 +346,16 @@ def main(argv):
 
   cv_used = set()
 
+  skipped = []  # trained on by every model at hand (cv null): not scored
+
   def bundle_for(*names):
     for name in names:
       if name in cv:
         cv_used.add(name)
+        if cv[name] is None:
+          skipped.append(names[0])
         return cv[name]
-    return FLAGS.model
+    return FLAGS.model or "wd_two_stage"
 
   rows = []  # one dict per scored spectrum
   pending = collections.defaultdict(list)  # bundle -> [(row meta, u or None, f, v, m)]
@@ -376,6 +381,8 @@ def main(argv):
     pending[bundle] = []
 
   def add(bundle, meta, u, f, v, m):
+    if bundle is None:
+      return
     pending[bundle].append((meta, u, f, v, m))
     flush(bundle)
 
@@ -444,6 +451,7 @@ def main(argv):
   results = {
       "command": command, "model": _short(model.source), "cv": cv,
       "cv_keys_matching_no_object": sorted(set(cv) - cv_used),
+      "not_scored": sorted(set(skipped)),
       "rule": rules.describe(model.rule) + " (the model's own rule, as astrotl.scan applies it)",
       "draws": draws, "seed": FLAGS.seed, "response": FLAGS.response, "snrs": snrs,
       "lamost_snrs": lamost_snrs,
@@ -616,7 +624,7 @@ def plot(workdir, cells, snrs, lamost_snrs):
       lo = np.array([p[1]["low"] for p in pts])
       hi = np.array([p[1]["high"] for p in pts])
       ls = "-" if label.startswith(("WD", "LAMOST")) else "--"
-      ax.errorbar(s, r, yerr=[r - lo, hi - r], marker="o", ms=3, capsize=2, ls=ls, lw=1,
+      ax.errorbar(s, r, yerr=np.clip([r - lo, hi - r], 0, None),  # rounding marker="o", ms=3, capsize=2, ls=ls, lw=1,
                   label=f"{label} ({pts[0][1]['n_objects']})")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -19,13 +19,16 @@ source:
 Every real object (a LAMOST star, grouped by designation; a CALSPEC object) is in one of
 --folds folds.  Fold k's model trains on the other folds; `cv.json` maps every object to
 the model that never saw it, and `experiments/wd_real_check.py --cv=cv.json` scores each
-object with it.  The shipped model trains on all folds.  The objects in
+object with it.  --cv_folds=0,1 trains only some folds (to save time): the other folds'
+objects map to null and are not scored.  The shipped model trains on all folds.  The objects in
 `real_spectra.RESERVED` are in no fold and no training set, so the tests check the shipped
 model on objects it never saw.  The stage-2 study (transfer vs scratch, N target labels)
 runs on fold 0: source = fold 0's stage 1, test = fold 0's held-out objects.
 
   --annotate=<wd_real_check results.json> writes the measured false-positive rate and the
-  expected purity into the bundle's metadata (the scan reports them).
+  expected purity into the bundle's metadata (the scan reports them); --reference adds the
+  anomaly reference (`astrotl.similar.add_reference`: embeddings of the training spectra)
+  that the scan's --embeddings anomaly score needs.
 """
 
 import json
@@ -49,13 +52,19 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir/wd_search", "Outputs go here.
 _DATA = flags.DEFINE_string("data_dir", None, "Shared data (default ../shared/data).")
 _BUNDLE = flags.DEFINE_string("bundle", None, "Write the shipped two-stage model here (.npz).")
 _ONLY = flags.DEFINE_list("only", ["folds", "final", "study"], "Parts to run.")
+_CV_FOLDS = flags.DEFINE_list("cv_folds", None, "Train only these folds (default all). The "
+                              "objects of the others map to null in cv.json: no model that "
+                              "never saw them exists, so wd_real_check does not score them.")
 _ANNOTATE = flags.DEFINE_string("annotate", None, "wd_real_check results.json whose rates "
                                 "go into --bundle's metadata (nothing is trained).")
+_REFERENCE = flags.DEFINE_bool("reference", False, "Add an anomaly reference to --bundle: "
+                               "the embeddings of its training spectra (nothing is trained).")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LETTER_CLASSES = ("A", "F", "G", "K", "M")
 CALSPEC_LABEL = {"WD": "WD", "hot_subdwarf": "sdOB", "OB": "OB", "A": "A"}
 INT8 = (r"stage[12]/params/dense/kernel",)  # 95% of the parameters; 4x smaller as int8
+REFERENCE_SIZE = 4096  # anomaly reference rows: 2 MB in the bundle, 4 ms a batch on a CPU
 
 
 # --- the real objects ---------------------------------------------------------------------
@@ -435,30 +444,53 @@ def annotate(bundle_path, results_path):
                               "completeness": p["completeness"]}
   about["real_spectrum_check"] = {"command": res["command"], "cells": {
       k: {s: c["rate"] for s, c in v.items()} for k, v in res["cells"].items()}}
-  meta = dict(model.meta, about=about)
-  out = bundle.Model({n: net.variables for n, net in model.networks.items()}, meta,
-                     source=bundle_path)
-  out.save(bundle_path, int8=INT8)
+  model.with_meta(about=about).save(bundle_path, int8=INT8)
   logging.info("wrote the measured rates into %s", bundle_path)
+
+
+def add_reference(bundle_path, config, data_dir):
+  """Gives the bundle an anomaly reference: the primary network's embeddings of the final
+  model's training spectra, rebuilt exactly as `main` built them (same seeds)."""
+  import jax
+  from astrotl import similar
+  objects, fold, templates = setup(config, data_dir)
+  x = fold_data(objects, set(fold), templates, config, config.seed + 1000)["train"]["x"]
+  model = bundle.load_model(bundle_path)
+  net = model.primary
+  fn = jax.jit(lambda v, xb: net.model.apply(v, xb, output="embedding"))
+  emb = np.concatenate([np.asarray(fn(net.variables, x[i:i + 256]), np.float32)
+                        for i in range(0, len(x), 256)])
+  about = model.meta["about"]["training_data"]
+  similar.add_reference(model, embeddings=emb, size=REFERENCE_SIZE, training_data=about).save(
+      bundle_path, int8=INT8)
+  logging.info("added an anomaly reference of %d of %d training spectra to %s",
+               min(len(emb), REFERENCE_SIZE), len(emb), bundle_path)
+
+
+def setup(config, data_dir):
+  """(real objects, group -> fold, LAMOST noise templates)."""
+  objects = real_objects(data_dir, list(config.classes))
+  fold = assign_folds(objects, config.folds, config.seed)
+  lamost_ivar = [np.where(o["mask"], 0.0, o["ivar"]) for o in objects if o["source"] == "LAMOST"]
+  return objects, fold, np.stack(lamost_ivar)  # noise shapes only (no labels involved)
 
 
 def main(argv):
   del argv
-  if _ANNOTATE.value:
-    if not _BUNDLE.value:
-      raise app.UsageError("--annotate needs --bundle")
-    annotate(_BUNDLE.value, _ANNOTATE.value)
-    return
   config = _CONFIG.value
+  data_dir = real_spectra.shared_data(_DATA.value)
+  if _ANNOTATE.value or _REFERENCE.value:
+    if not _BUNDLE.value:
+      raise app.UsageError("--annotate and --reference need --bundle")
+    if _ANNOTATE.value:
+      annotate(_BUNDLE.value, _ANNOTATE.value)
+    if _REFERENCE.value:
+      add_reference(_BUNDLE.value, config, data_dir)
+    return
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
-  data_dir = real_spectra.shared_data(_DATA.value)
-  classes = list(config.classes)
-  objects = real_objects(data_dir, classes)
-  fold = assign_folds(objects, config.folds, config.seed)
-  lamost_ivar = [np.where(o["mask"], 0.0, o["ivar"]) for o in objects if o["source"] == "LAMOST"]
-  templates = np.stack(lamost_ivar)  # noise shapes only (no labels involved)
+  objects, fold, templates = setup(config, data_dir)
   counts = {}
   for o in objects:
     counts.setdefault(o["source"], {}).setdefault(o["label"], 0)
@@ -467,7 +499,7 @@ def main(argv):
                [o["key"] for o in objects if reserved(o)])
   results_path = workdir / "results.json"
   results = json.loads(results_path.read_text()) if results_path.exists() else {}
-  results.update(config=config.to_dict(), objects=counts,
+  results.update(config=config.to_dict(), objects=counts, cv_folds=_CV_FOLDS.value,
                  reserved=[o["key"] for o in objects if reserved(o)])
   cv = {}
 
@@ -476,10 +508,15 @@ def main(argv):
     results_path.write_text(json.dumps(results, indent=1, default=_json))
 
   fold_models = {}
+  run_folds = ([int(k) for k in _CV_FOLDS.value] if _CV_FOLDS.value is not None
+               else list(range(config.folds)))
   for k in range(config.folds):
     path = workdir / f"fold_{k}" / "model.npz"
     groups = {g for g, f in fold.items() if f != k}
     held = {g for g, f in fold.items() if f == k}
+    if k not in run_folds:
+      cv.update({o["key"]: None for o in objects if o["group"] in held})
+      continue
     if "folds" in _ONLY.value and not path.exists():
       data = fold_data(objects, groups, templates, config, config.seed + 10 * k)
       variables, temps, cfgs, report = train_model(config, workdir / f"fold_{k}", data)
