@@ -34,6 +34,10 @@ import types
 
 import numpy as np
 
+from astrotl import cli
+
+PROG = "astrotl.finetune"
+
 DEFAULT_INPUTS = {"cnn1d": {"type": "spectrum", "normalise": "tan", "pixels": 3700}}
 
 
@@ -390,14 +394,11 @@ def _define_flags():
 
 def main(argv):
   import shlex
-  from absl import flags, logging
+  from absl import flags
   from astrotl import bundle, checkpoint
   from astrotl.io import SpectrumError
   F = flags.FLAGS
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
-  if not F["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.start(PROG, argv)
   try:
     finetune(F.catalog, source=F.source, out=F.out, root=F.root, label_column=F.label_column,
              label_transform=F.label_transform, classes=F.classes, path_column=F.path_column,
@@ -410,12 +411,7 @@ def main(argv):
              command="python -m astrotl.finetune " + " ".join(map(shlex.quote, sys.argv[1:])))
   except (ValueError, FileNotFoundError, ImportError, SpectrumError, bundle.BundleError,
           checkpoint.CheckpointError) as e:
-    _fail(str(e))
-
-
-def _fail(message, code=2):
-  print(f"astrotl.finetune: {message}", file=sys.stderr)
-  sys.exit(code)
+    cli.fail(PROG, str(e))
 
 
 # `astrotl.finetune(...)` calls the function even where `astrotl.finetune` is this module
@@ -428,6 +424,4 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
-  from absl import app
-  _define_flags()
-  app.run(main)
+  cli.run(_define_flags, main, __doc__)

@@ -132,19 +132,22 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
-def enable_compilation_cache():
+def enable_compilation_cache(path=None):
   """Keeps compiled XLA programs on disk, so a second run of the same program (a resumed
   scan, the next scan with the same model) skips most of its compilation.
 
-  The folder is $JAX_COMPILATION_CACHE_DIR if set, else $ASTROTL_CACHE/jax, else
-  ~/.cache/astrotl/jax; ASTROTL_CACHE=off turns it off.  A folder that cannot be created
-  leaves the cache off (it only saves time).
+  The folder is `path` if given ('off': none), else $JAX_COMPILATION_CACHE_DIR if set,
+  else $ASTROTL_CACHE/jax, else ~/.cache/astrotl/jax; ASTROTL_CACHE=off turns it off.  A
+  folder that cannot be created leaves the cache off (it only saves time).
   """
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("ASTROTL_CACHE") == "off":
+  if path == "off" or (path is None and (os.environ.get("JAX_COMPILATION_CACHE_DIR") or
+                                         os.environ.get("ASTROTL_CACHE") == "off")):
     return
-  base = os.environ.get("ASTROTL_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "astrotl")
-  path = os.path.join(base, "jax")
+  if path is None:
+    base = os.environ.get("ASTROTL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "astrotl")
+    path = os.path.join(base, "jax")
+  path = os.path.expanduser(path)
   try:
     os.makedirs(path, exist_ok=True)
   except OSError:

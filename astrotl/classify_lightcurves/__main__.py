@@ -5,11 +5,9 @@ files were not found; 2 a usage error (one line, no traceback; nothing was read)
 130 / 143 interrupted by SIGINT / SIGTERM (finished chunks are kept: re-run the command).
 """
 
-import os
-import signal
-import sys
+from absl import flags
 
-from absl import app, flags, logging
+from astrotl import cli
 
 FLAGS = flags.FLAGS
 PROG = "astrotl.classify_lightcurves"
@@ -42,34 +40,20 @@ def define_flags():
   f.DEFINE_integer("workers", None, "Reading processes (default: none for fewer than 200 "
                    "inputs, else the CPU count; 0 reads in this process).")
   f.DEFINE_float("time_limit", 60.0, "Seconds one file may take to read (with workers).")
-  f.DEFINE_string("compile_cache", os.path.join("~", ".cache", "astrotl", "jax"),
-                  "Folder where compiled feature functions are kept between runs (they take "
-                  "~10 s each to compile); '' for none.")
+  f.DEFINE_string("compile_cache", None, "Folder where compiled feature functions are kept "
+                  "between runs (they take ~10 s each to compile); default: the scan's "
+                  "(astrotl.parallel.enable_compilation_cache); 'off' for none.")
   f.DEFINE_bool("progress", True, "Show a progress bar.")
-
-
-def _fail(message, code=2):
-  print(f"{PROG}: {message}", file=sys.stderr)
-  sys.exit(code)
 
 
 def main(argv):
   from astrotl import bundle
   from astrotl import classify_lightcurves as clc
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # no backend chatter unless asked for
-
-  def interrupt(signum, frame):
-    raise clc.Interrupted(signum)
-
-  signal.signal(signal.SIGINT, interrupt)
-  signal.signal(signal.SIGTERM, interrupt)
+  cli.start(PROG, argv)
+  cli.raise_on_signals(clc.Interrupted)
   F = FLAGS
-  if F.compile_cache:
-    import jax
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(F.compile_cache))
+  from astrotl import parallel
+  parallel.enable_compilation_cache(F.compile_cache)
   try:
     s = clc.classify(
         lightcurves=F.lightcurves, out=F.out, model=F.model, root=F.root,
@@ -79,32 +63,23 @@ def main(argv):
         chunk_size=F.chunk_size, workers=F.workers, time_limit=F.time_limit,
         progress=F.progress)
   except (clc.InputError, clc.OutputError, bundle.BundleError, FileNotFoundError) as e:
-    _fail(str(e))
+    cli.fail(PROG, str(e))
   except (clc.Interrupted, KeyboardInterrupt) as e:
-    signum = getattr(e, "signum", signal.SIGINT)
-    saved = getattr(e, "saved", None)
-    what = f"{saved} inputs are saved in {F.out}" if saved is not None else "nothing was lost"
-    _fail(f"interrupted ({signal.Signals(signum).name}): {what}; re-run the same command to "
-          "resume", 128 + signum)
+    cli.interrupted(PROG, e, F.out)
   rate = s.get("curves_per_second")
   top = ", ".join(f"{c} {n}" for c, n in list(s["predicted_classes"].items())[:5])
   print(f"{PROG}: {s['n_classified']} curves classified ({top or 'none'}), {s['n_errors']} "
         f"without a prediction (errors.csv); this run {s['files_this_run']} inputs in "
         f"{s['seconds']:.1f} s" + (f" ({rate:.3g} curves/s)" if rate else "") + f" -> {F.out}")
   if s["too_many_missing"]:
-    _fail(f"WARNING: {s['n_missing_files']} of {s['n_inputs']} catalog files were not found "
+    cli.fail(PROG, f"WARNING: {s['n_missing_files']} of {s['n_inputs']} catalog files were not found "
           f"(more than --max_missing={F.max_missing}); they are listed in {F.out}/errors.csv. "
           "Check --root.", 1)
 
 
 def run():
-  define_flags()
-  if {"--help", "-h", "-?", "--helpshort"} & set(sys.argv[1:]):
-    import astrotl.classify_lightcurves as clc
-    print(clc.__doc__.rstrip() + "\n\n" + __doc__ + "\nFlags:")
-    print(FLAGS.main_module_help())
-    sys.exit(0)  # absl exits 1 after --help
-  app.run(main)
+  import astrotl.classify_lightcurves as clc
+  cli.run(define_flags, main, clc.__doc__.rstrip() + "\n\n" + __doc__)
 
 
 if __name__ == "__main__":

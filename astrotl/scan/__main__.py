@@ -5,12 +5,12 @@ found; 2 a usage error (one line, no traceback; nothing was scanned); 130 / 143
 interrupted by SIGINT / SIGTERM (every finished chunk is kept: re-run the same command).
 """
 
-import signal
-import sys
+from absl import flags
 
-from absl import app, flags, logging
+from astrotl import cli
 
 FLAGS = flags.FLAGS
+PROG = "astrotl.scan"
 
 
 def define_flags():
@@ -61,23 +61,10 @@ def define_flags():
   f.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def _fail(message, code=2):
-  print(f"astrotl.scan: {message}", file=sys.stderr)
-  sys.exit(code)
-
-
 def main(argv):
   from astrotl import bundle, parallel, rules, scan
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # no backend chatter unless asked for
-
-  def interrupt(signum, frame):
-    raise scan.Interrupted(signum)
-
-  signal.signal(signal.SIGINT, interrupt)
-  signal.signal(signal.SIGTERM, interrupt)
+  cli.start(PROG, argv)
+  cli.raise_on_signals(scan.Interrupted)
   parallel.initialize(FLAGS.distributed)
   F = FLAGS
   try:
@@ -92,13 +79,9 @@ def main(argv):
         progress=F.progress)
   except (scan.InputError, scan.OutputError, bundle.BundleError, rules.RuleError,
           FileNotFoundError) as e:
-    _fail(str(e))
+    cli.fail(PROG, str(e))
   except (scan.Interrupted, KeyboardInterrupt) as e:
-    signum = getattr(e, "signum", signal.SIGINT)
-    saved = getattr(e, "saved", None)
-    what = f"{saved} inputs are saved in {F.out}" if saved is not None else "nothing was lost"
-    _fail(f"interrupted ({signal.Signals(signum).name}): {what}; re-run the same command to "
-          "resume", 128 + signum)
+    cli.interrupted(PROG, e, F.out)
   if summary is None:  # not process 0
     return
   rate = summary.get("spectra_per_second")
@@ -108,19 +91,15 @@ def main(argv):
         f"{summary['files_this_run']} inputs in {summary['seconds']:.1f} s"
         + (f" ({rate:.0f} spectra/s)" if rate else "") + f" -> {F.out}")
   if summary["too_many_missing"]:
-    _fail(f"WARNING: {summary['n_missing_files']} of {summary['n_inputs']} catalog files were "
+    cli.fail(PROG, f"WARNING: {summary['n_missing_files']} of {summary['n_inputs']} catalog files were "
           f"not found (more than --max_missing={F.max_missing}); they are listed in "
           f"{F.out}/errors.csv. Check --root.", 1)
 
 
 def run():
-  define_flags()
-  if {"--help", "-h", "-?", "--helpshort"} & set(sys.argv[1:]):
-    import astrotl.scan
-    print(astrotl.scan.__doc__.split("Data flows")[0].rstrip() + "\n\n" + __doc__ + "\nFlags:")
-    print(FLAGS.main_module_help())
-    sys.exit(0)  # absl exits 1 after --help
-  app.run(main)
+  import astrotl.scan
+  cli.run(define_flags, main, astrotl.scan.__doc__.split("Data flows")[0].rstrip() + "\n\n"
+          + __doc__)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ Exit codes: 0 done; 2 a usage error (one line, no traceback).
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
+
+from astrotl import cli
 
 FLAGS = flags.FLAGS
+PROG = "astrotl.similar"
 
 
 def define_flags():
@@ -35,8 +38,7 @@ def define_flags():
 
 
 def _fail(message, code=2):
-  print(f"astrotl.similar: {message}", file=sys.stderr)
-  sys.exit(code)
+  cli.fail(PROG, message, code)
 
 
 def queries(text, root=None, path_column=None):
@@ -75,10 +77,7 @@ def main(argv):
   from astrotl import bundle, similar
   from astrotl.io import catalog as io_catalog
   from astrotl.scan import InputError
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])} (flags are --name=value)")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.start(PROG, argv)
   F = FLAGS
   if not F.scan or not F.query:
     _fail("give --scan=DIR (a scan run with --embeddings) and --query=FILES or a catalog")
@@ -119,14 +118,9 @@ def write(t, path):
 
 
 def run():
-  define_flags()
-  if {"--help", "-h", "-?", "--helpshort"} & set(sys.argv[1:]):
-    import astrotl.similar
-    print(astrotl.similar.__doc__.split("A scan with")[0].rstrip() + "\n\n" + __doc__ +
-          "\nFlags:")
-    print(FLAGS.main_module_help())
-    sys.exit(0)
-  app.run(main)
+  import astrotl.similar
+  cli.run(define_flags, main, astrotl.similar.__doc__.split("A scan with")[0].rstrip() + "\n\n"
+          + __doc__)
 
 
 if __name__ == "__main__":
