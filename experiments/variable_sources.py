@@ -33,10 +33,13 @@ from absl import flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from astrotl import configs, losses, metrics, models, train
-from astrotl.datasets import as_numpy, variable_stars
-from astrotl.io import weights
-from astrotl.preprocess import features as F
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from astrotl import configs, losses, metrics, models, train  # noqa: E402
+from astrotl.datasets import as_numpy, variable_stars  # noqa: E402
+from astrotl.io import weights  # noqa: E402
+from astrotl.preprocess import features as F  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
                                           "astrotl/configs/variable_sources.py[:arg]")
@@ -243,18 +246,8 @@ def main(argv):
     results["zero_shot_only"][f"{name}_{band}"] = res
     logging.info("%s_%s zero-shot: strict accuracy %.3f", name, band, res["strict"]["accuracy"])
   results["seconds_total"] = time.time() - t0
-  (workdir / "results.json").write_text(json.dumps(results, indent=1, default=_json))
+  (workdir / "results.json").write_text(json.dumps(results, indent=1, default=common.json_default))
   plot_learning_curves(workdir, results, config)
-
-
-def _json(o):
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
-  return str(o)
 
 
 def plot_learning_curves(workdir, results, config):

@@ -43,6 +43,7 @@ from absl import app, flags, logging
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
 import real_spectra  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from astrotl.preprocess import degrade, simulate, spectra  # noqa: E402
@@ -466,7 +467,7 @@ def main(argv):
                      "sources": POPULATION_SOURCES, "rates_from": SOURCE_OF},
       "purity": purities, "n_spectra": len(rows), "seconds": time.time() - t0,
   }
-  (workdir / "results.json").write_text(json.dumps(results, indent=1, default=_json))
+  (workdir / "results.json").write_text(json.dumps(results, indent=1, default=common.json_default))
   write_rows(workdir / "rows.csv.gz", rows)
   table = markdown(results)
   (workdir / "table.md").write_text(table)
@@ -513,16 +514,6 @@ def _short(path):
     return str(pathlib.Path(path).resolve().relative_to(real_spectra.REPO))
   except (TypeError, ValueError):
     return path
-
-
-def _json(o):
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  if isinstance(o, (np.integer,)):
-    return int(o)
-  if isinstance(o, (np.floating,)):
-    return float(o)
-  return str(o)
 
 
 def write_rows(path, rows):

@@ -42,6 +42,7 @@ from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
 import real_spectra  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from astrotl import bundle, checkpoint, configs, metrics, train  # noqa: E402
@@ -415,16 +416,6 @@ def plot_study(workdir, summary, config):
 
 # --- the run --------------------------------------------------------------------------------
 
-def _json(o):
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  if isinstance(o, (np.integer,)):
-    return int(o)
-  if isinstance(o, (np.floating,)):
-    return float(o)
-  return str(o)
-
-
 def annotate(bundle_path, results_path):
   """Puts wd_real_check's measured rates for the bundle's own rule into its metadata."""
   res = json.loads(pathlib.Path(results_path).read_text())
@@ -505,7 +496,7 @@ def main(argv):
 
   def save():
     results["seconds_total"] = time.time() - t0
-    results_path.write_text(json.dumps(results, indent=1, default=_json))
+    results_path.write_text(json.dumps(results, indent=1, default=common.json_default))
 
   fold_models = {}
   run_folds = ([int(k) for k in _CV_FOLDS.value] if _CV_FOLDS.value is not None
