@@ -183,10 +183,10 @@ def test_bad_files_are_reported_and_skipped(tmp_path, tiny_bundles, shared_data)
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_gives_each_input_once(tmp_path, tiny_bundles, mirror):
+def test_sigkill_then_rerun_gives_each_input_and_embedding_once(tmp_path, tiny_bundles, mirror):
   ref = tmp_path / "ref"
   args = [f"--catalog={mirror}", f"--model={tiny_bundles['shared']}", "--chunk_size=16",
-          "--workers=1", "--batch_size=16"]
+          "--workers=1", "--batch_size=16", "--embeddings"]
   _scan(args + [f"--out={ref}"])
   out = tmp_path / "killed"
   proc = subprocess.Popen([sys.executable, "-m", "astrotl.scan", "--progress=false", *args,
@@ -208,6 +208,12 @@ def test_sigkill_then_rerun_gives_each_input_once(tmp_path, tiny_bundles, mirror
   assert len(b["obsid"]) == len(set(b["obsid"])) == 96
   np.testing.assert_array_equal(a["obsid"], b["obsid"])
   np.testing.assert_allclose(a["p_wd"], b["p_wd"], atol=1e-6)
+  # the embeddings (written beside each chunk's rows, before them): once each, the same
+  from astrotl.similar import store
+  ea, eb = store.Embeddings(ref), store.Embeddings(out)
+  fa, fb = (e.table(np.arange(e.n), ["file"])["file"].to_pylist() for e in (ea, eb))
+  assert eb.n == len(set(fb)) == 96 and sorted(fa) == sorted(fb)
+  np.testing.assert_array_equal(ea.rows(np.argsort(fa)), eb.rows(np.argsort(fb)))
   # a different input list into the same --out is refused, not mixed in
   some = str(pathlib.Path(mirror).parent / "*" / "*" / "*_sp01-00*.fits.gz")
   r = _scan([f"--spectra={some}", f"--model={tiny_bundles['shared']}", f"--out={out}",
