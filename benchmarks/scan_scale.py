@@ -9,7 +9,6 @@ chunking, resume checks and the merge are all O(n).  Writes
 benchmarks/results/scan_scale_<backend>.json.
 """
 
-import csv
 import json
 import os
 import pathlib
@@ -26,21 +25,11 @@ _MODEL = flags.DEFINE_string("model", "wd_two_stage", "Model bundle or bundled n
 _OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "Output dir.")
 
 
-def head_catalog(catalog, n, path):
-  with open(catalog, newline="") as f, open(path, "w", newline="") as g:
-    r, w = csv.reader(f), csv.writer(g)
-    w.writerow(next(r))
-    for i, row in enumerate(r):
-      if i >= n:
-        break
-      w.writerow(row)
-
-
 def main(argv):
   del argv
   import jax
   sys.path.insert(0, str(pathlib.Path(__file__).parent))
-  from scan_throughput import mirror_paths, time_scan
+  from scan_throughput import head_catalog, mirror_paths, time_scan
   sizes = sorted(int(s) for s in _SIZES.value)
   catalog, _ = mirror_paths(sizes[-1], _MIRROR.value)
   rows = []

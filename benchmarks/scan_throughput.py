@@ -54,6 +54,18 @@ def mirror_paths(n, folder):
   return catalog, inputs.from_catalog(str(catalog)).paths[:n]
 
 
+def head_catalog(catalog, n, path):
+  """The first n rows of a CSV catalog, written to path."""
+  import csv
+  with open(catalog, newline="") as f, open(path, "w", newline="") as g:
+    r, w = csv.reader(f), csv.writer(g)
+    w.writerow(next(r))
+    for i, row in enumerate(r):
+      if i >= n:
+        break
+      w.writerow(row)
+
+
 class TreeMemory:
   """Peak resident memory of a process and of it with its children, sampled every 0.1 s."""
 
@@ -166,10 +178,12 @@ def main(argv):
     r["network_rate"], r["mode"] = network_rate(model, paths, _BATCH.value)
     print(f"network only:  {r['network_rate']:8.0f} spectra/s (mode {r['mode']})")
   if "scan" not in _SKIP.value:
-    with tempfile.TemporaryDirectory(prefix="astrotl-scan-bench-") as out:
-      args = [f"--catalog={catalog}", f"--model={_MODEL.value}", f"--workers={workers}",
-              f"--batch_size={_BATCH.value}"]
-      wall, summary, peak_main, peak_tree = time_scan(args, out)
+    with tempfile.TemporaryDirectory(prefix="astrotl-scan-bench-") as d:
+      head = pathlib.Path(d) / "catalog.csv"  # the mirror may hold more than --n
+      head_catalog(catalog, len(paths), head)
+      args = [f"--catalog={head}", f"--root={catalog.parent}", f"--model={_MODEL.value}",
+              f"--workers={workers}", f"--batch_size={_BATCH.value}"]
+      wall, summary, peak_main, peak_tree = time_scan(args, pathlib.Path(d) / "out")
     r.update(scan_wall_seconds=wall, scan_rate_wall=len(paths) / wall,
              scan_rate_steady=summary["spectra_per_second"], scan_timings=summary["timings"],
              scan_wait_decode_s=summary["host_wait_decode_s"],
