@@ -4,8 +4,8 @@ the raw normalised flux, on real spectra only.
 1. LAMOST: each of the real LAMOST A-M stars of the shared sample (header subclasses)
    is a query among the others; its own repeat visits (same designation) are left out.
    precision@k = the fraction of its k nearest with the same spectral letter.  Reported
-   for all queries and for the queries outside the bundled model's training split (the
-   bundled model was trained on most of these stars).
+   for all queries and for the held-out ones: with --cv (wd_search.py's cv.json) those that
+   --model never trained on, else those outside the lamost_lrs train split.
 2. CALSPEC: each real HST CALSPEC white dwarf is a query among the CALSPEC spectra (its
    own object's other files left out) plus the LAMOST stars: how many of its k nearest
    are white dwarfs.  The CALSPEC spectra are only resampled onto the common grid (no
@@ -44,6 +44,9 @@ flags.DEFINE_string("model", "wd_two_stage", "Model bundle or bundled name.")
 flags.DEFINE_string("data", None, "Shared data folder (default $ASTROTL_SHARED_DATA or "
                     "../shared/data beside the checkout).")
 flags.DEFINE_integer("k", 10, "Neighbours per query.")
+flags.DEFINE_string("cv", None, "wd_search.py's cv.json: the objects it maps to --model are "
+                    "the held-out queries (default: LAMOST stars outside the lamost_lrs "
+                    "train split; no CALSPEC object).")
 
 LETTERS = ("A", "F", "G", "K", "M")
 CALSPEC = "spectra/real_wd_validation/calspec_hst"
@@ -120,6 +123,16 @@ def calspec_spectra(root):
   return out, np.array(groups), np.array(objects), names
 
 
+def held_out_keys(cv_path, model):
+  """The objects (LAMOST file keys, CALSPEC object prefixes) that cv.json maps to `model`:
+  the ones it never trained on; None without cv.json."""
+  if not cv_path:
+    return None
+  cv = json.loads(pathlib.Path(cv_path).read_text())
+  mine = os.path.realpath(model)
+  return {key for key, path in cv.items() if path and os.path.realpath(path) == mine}
+
+
 def distances(vectors, method):
   v = np.asarray(vectors, np.float32)
   if method == "flux":
@@ -145,7 +158,11 @@ def main(argv):
   vectors = {"embedding": model.embed(files), "flux": model.network_inputs(files)[1]}
   vectors["flux_cosine"] = vectors["flux"]
   same_star = desig[:, None] == desig[None]  # includes the query itself
-  held_out = split != "train"
+  held = held_out_keys(FLAGS.cv, FLAGS.model)
+  if held is None:
+    held_out = split != "train"
+  else:
+    held_out = np.array([os.path.relpath(f, root / "spectra") in held for f in files])
   res = {"command": " ".join(sys.argv), "model": model.source, "k": k,
          "lamost": {"n": len(files), "n_stars": len(set(desig)), "by_letter":
                     dict(collections.Counter(letters.tolist())), "n_held_out": int(held_out.sum()),
@@ -179,8 +196,11 @@ def main(argv):
     both = np.concatenate([cal_vectors[method], vectors[method]])
     nn = nearest(distances(both, method), exclude, k)[wd]
     n_wd = pool_wd[nn].sum(1)
+    wd_held = np.array([objects[i] in (held or ()) for i in wd])
     res["calspec"][method] = {
-        "mean_wd_in_k": float(n_wd.mean()), "per_query": dict(zip([names[i] for i in wd],
+        "mean_wd_in_k": float(n_wd.mean()),
+        "mean_wd_in_k_held_out": float(n_wd[wd_held].mean()) if wd_held.any() else None,
+        "n_held_out": int(wd_held.sum()), "per_query": dict(zip([names[i] for i in wd],
                                                                    n_wd.tolist())),
         "neighbour_groups": dict(collections.Counter(
             np.where(nn < n_cal, np.asarray(groups)[np.minimum(nn, n_cal - 1)], "LAMOST")
@@ -189,9 +209,11 @@ def main(argv):
   plot(res, workdir / "similarity.png")
   for method in METHODS:
     l, c = res["lamost"][method], res["calspec"][method]
+    held_wd = (f", held-out {c['mean_wd_in_k_held_out']:.2f}"
+               if c["mean_wd_in_k_held_out"] is not None else "")
     print(f"{method:12s} LAMOST precision@{k} {l['precision_at_k']:.3f} (held-out "
           f"{l['precision_at_k_held_out']:.3f}); CALSPEC WDs in {k} nearest: "
-          f"{c['mean_wd_in_k']:.2f} of {k}")
+          f"{c['mean_wd_in_k']:.2f} of {k}{held_wd}")
 
 
 def plot(res, path):

@@ -73,6 +73,9 @@ LAMOST_LETTERS = ("A", "F", "G", "K", "M")
 SOURCE_OF = {"A": "LAMOST A", "F": "LAMOST F", "G": "LAMOST G", "K": "LAMOST K", "M": "LAMOST M",
              "OB": "CALSPEC O/B", "hot_subdwarf": "CALSPEC hot subdwarf", "QSO": "SDSS QSO",
              "GALAXY": "SDSS galaxy"}
+OWN_RULE = "the model's own rule"
+OWN_RULE_POOLED = "the model's own rule, A-M stars pooled"
+POOLED_STARS = "LAMOST A-M (all)"
 CALSPEC_GROUPS = {"hot_subdwarf": "CALSPEC hot subdwarf", "OB": "CALSPEC O/B", "A": "CALSPEC A",
                   "FGK": "CALSPEC F/G/K", "M_L_T": "CALSPEC M/L/T",
                   "PN_nucleus": "CALSPEC PN nucleus"}
@@ -265,13 +268,16 @@ def snr_mix_from_catalog(path, snrs):
 
 
 def purity(cells, snrs, population, wd_fraction, wd_mix, snr_mix, n_mc, seed, min_snr=0.0,
-           veto=()):
+           veto=(), pool=None):
   """Expected purity and completeness of a scan with this mix; point value and a Monte
   Carlo 95% interval over Jeffreys Beta posteriors of every rate (n = objects).
 
   cells: {row label: {snr: cell}}.  A class missing at some S/N takes its nearest measured
   S/N.  min_snr: spectra below it are never candidates.  veto: classes the survey CLASS
-  removes (assumed perfectly: none of them flagged, no white dwarf lost).
+  removes (assumed perfectly: none of them flagged, no white dwarf lost).  pool: a row
+  (POOLED_STARS) whose rates stand for every A-M class, instead of one row per letter:
+  per-letter cells of 2-7 objects at high S/N give Beta posteriors so wide that they,
+  not any measured false positive, set the interval.
   """
   rng = np.random.default_rng(seed)
   weight = {s: w for s, w in snr_mix.items() if s >= min_snr}
@@ -301,12 +307,13 @@ def purity(cells, snrs, population, wd_fraction, wd_mix, snr_mix, n_mc, seed, mi
     if cls in veto:
       by_class[cls] = 0.0
       continue
-    if rate_draws(SOURCE_OF[cls], 1.0)[0] is None:
+    source = pool if pool and cls in LAMOST_LETTERS else SOURCE_OF[cls]
+    if rate_draws(source, 1.0)[0] is None:
       unmeasured.append(cls)
       continue
     point = 0.0
     for s, w in weight.items():
-      p, d, used = rate_draws(SOURCE_OF[cls], s)
+      p, d, used = rate_draws(source, s)
       if used != s:
         fallback.append(f"{cls} at S/N {s:g} uses S/N {used:g}")
       point += w * p
@@ -324,7 +331,7 @@ def purity(cells, snrs, population, wd_fraction, wd_mix, snr_mix, n_mc, seed, mi
       "completeness": wd_point, "completeness_95": np.percentile(wd_mc, [2.5, 97.5]).tolist(),
       "candidates_per_million": {"white dwarfs": 1e6 * tp_point,
                                  **{k: 1e6 * v for k, v in by_class.items()}},
-      "min_snr": min_snr, "veto": list(veto), "snr_fallbacks": fallback,
+      "min_snr": min_snr, "veto": list(veto), "pool": pool, "snr_fallbacks": fallback,
       "left_out_unmeasured": unmeasured}
 
 
@@ -442,13 +449,17 @@ def main(argv):
   variants["CLASS veto QSO/GALAXY"] = {"veto": ("QSO", "GALAXY")}
   for m in FLAGS.min_snr:
     variants[f"S/N >= {float(m):g} + veto"] = {"min_snr": float(m), "veto": ("QSO", "GALAXY")}
+  from astrotl import bundle, rules
+  model = bundle.load_model(FLAGS.model or "wd_two_stage")
+  own = {"min_snr": float((model.rule or {}).get("min_snr") or 0.0),
+         "veto": tuple((model.rule or {}).get("veto") or ())}
+  variants[OWN_RULE] = own
+  variants[OWN_RULE_POOLED] = dict(own, pool=POOLED_STARS)
   purities = {name: purity(cells, snrs, population, FLAGS.wd_fraction, wd_mix, snr_mix,
                            FLAGS.mc, FLAGS.seed, **kw) for name, kw in variants.items()}
   command = " ".join(["python experiments/wd_real_check.py"] + sys.argv[1:])
   if set(cv) - cv_used:
     logging.warning("--cv names no object here: %s", sorted(set(cv) - cv_used))
-  from astrotl import bundle, rules
-  model = bundle.load_model(FLAGS.model or "wd_two_stage")
   results = {
       "command": command, "model": _short(model.source), "cv": cv,
       "cv_keys_matching_no_object": sorted(set(cv) - cv_used),

@@ -1,7 +1,6 @@
 import json
 import os
 import pathlib
-import pickle
 import re
 import shutil
 import signal
@@ -288,55 +287,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
   assert set(run) == set(ref)
   for s in ref:
     assert run[s] == pytest.approx(ref[s], rel=1e-5), s
-
-
-def _fit_and_die(config_json, workdir, npz, out, die_at):
-  """Body of `_fit_in_subprocess`: fits, and SIGKILLs itself when checkpoint `die_at` is
-  due (after the metrics of the steps before it, before the checkpoint is written)."""
-  save = checkpoint.Checkpointer.save
-
-  def save_or_die(self, step, *args, **kwargs):
-    if step == die_at:
-      os.kill(os.getpid(), signal.SIGKILL)
-    return save(self, step, *args, **kwargs)
-
-  checkpoint.Checkpointer.save = save_or_die
-  with np.load(npz) as z:
-    data = {s: {"x": z[f"x_{s}"], "y": z[f"y_{s}"]} for s in ("train", "validation")}
-  result = train.fit(json.loads(config_json), workdir, data)
-  with open(out, "wb") as f:
-    pickle.dump(_summary(result), f)
-
-
-def _fit_in_subprocess(tmp_path, cfg, workdir, die_at=-1):
-  """(return code, summary or None) of `fit` in a fresh process."""
-  out = tmp_path / "result.pkl"
-  out.unlink(missing_ok=True)
-  code = (f"import test_train; test_train._fit_and_die({json.dumps(cfg)!r}, {str(workdir)!r}, "
-          f"{str(tmp_path / 'd.npz')!r}, {str(out)!r}, {die_at})")
-  env = dict(_env(), PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=300)
-  if not out.exists():
-    return proc.returncode, None
-  with open(out, "rb") as f:
-    return proc.returncode, pickle.load(f)
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_with_early_stopping_matches_uninterrupted_run(tmp_path):
-  _write_npz(tmp_path / "d.npz")
-  cfg = _early_stopping_cfg()
-  rc, want = _fit_in_subprocess(tmp_path, cfg, tmp_path / "ref")
-  assert rc == 0
-  last = _checkpoint_before_stop(want, cfg)
-  rc, _ = _fit_in_subprocess(tmp_path, cfg, tmp_path / "run", die_at=want["step"])
-  assert rc == -signal.SIGKILL
-  ck = tmp_path / "run" / "checkpoints"
-  assert max(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == last
-  rc, got = _fit_in_subprocess(tmp_path, cfg, tmp_path / "run")
-  assert rc == 0
-  _assert_same(got, want)
 
 
 @pytest.mark.slow
