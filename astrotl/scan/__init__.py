@@ -105,8 +105,9 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   # The decoders start first: their start-up overlaps the model's compilation.
   pool = w.DecodePool(os.cpu_count() if workers is None else workers, time_limit)
   try:
-    run = runner.Runner(m, parallel.make_mesh(jax.local_devices()), batch_size, mode,
-                        embed=embeddings)
+    # A batch never spans chunks: a chunk smaller than the batch would be mostly padding.
+    run = runner.Runner(m, parallel.make_mesh(jax.local_devices()),
+                        min(batch_size, chunk_size), mode, embed=embeddings)
     store.open({"inputs_sha256": chunks.inputs_digest(paths), "n_inputs": len(paths),
                 "chunk_size": chunk_size, "model": m.identity(), "model_source": m.source,
                 "cascade": list(m.rule["classes"]) if run.mode == "cascade" else None,

@@ -40,7 +40,8 @@ def define_flags():
   f.DEFINE_string("known_dec_column", None, "Dec column of --known.")
   f.DEFINE_float("radius", 3.0, "Cross-match radius in arcsec.")
   f.DEFINE_string("out", "astrotl-scan", "Output folder.")
-  f.DEFINE_integer("batch_size", 256, "Spectra per device step (over the local devices).")
+  f.DEFINE_integer("batch_size", 256, "Spectra per device step (over the local devices; at "
+                   "most the chunk size).")
   f.DEFINE_integer("chunk_size", 0, "Spectra per saved chunk (0: about 1/20 of the inputs, "
                    "64-4096).")
   f.DEFINE_integer("workers", None, "Decoding processes (default: CPU count; 0 decodes in "
