@@ -17,19 +17,17 @@ import tempfile
 
 from absl import app, flags
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+# --mirror, --workers, --model and --out are scan_throughput's flags.
+from scan_throughput import (_MIRROR, _MODEL, _OUT, _WORKERS, head_catalog,  # noqa: E402
+                             mirror_paths, time_scan)
+
 _SIZES = flags.DEFINE_list("sizes", ["1000", "10000", "100000"], "Numbers of files.")
-_MIRROR = flags.DEFINE_string("mirror", os.path.join(tempfile.gettempdir(), "astrotl-mirror"),
-                              "Mirror folder (made if it holds fewer files).")
-_WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "Decoding processes.")
-_MODEL = flags.DEFINE_string("model", "wd_two_stage", "Model bundle or bundled name.")
-_OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "Output dir.")
 
 
 def main(argv):
   del argv
   import jax
-  sys.path.insert(0, str(pathlib.Path(__file__).parent))
-  from scan_throughput import head_catalog, mirror_paths, time_scan
   sizes = sorted(int(s) for s in _SIZES.value)
   catalog, _ = mirror_paths(sizes[-1], _MIRROR.value)
   rows = []
