@@ -442,6 +442,7 @@ def network_inputs(raw: dict, spec: dict, batch_size: int = 256) -> np.ndarray:
     outs.append(np.asarray(x)[:min(size, n - start)])
   return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
+
 def _bind_second(fn, second, first, *rest):
   return fn(first, second, *rest)
 

@@ -534,13 +534,18 @@ def main(argv):
     data = fold_data(objects, groups, templates, config, config.seed + 1000)
     variables, temps, cfgs, report = train_model(config, workdir / "final", data)
     train_counts = report["train_counts"]
+    trained = {}  # objects per source and class, the reserved ones left out
+    for o in objects:
+      if not reserved(o):
+        trained.setdefault(o["source"], {}).setdefault(o["label"], 0)
+        trained[o["source"]][o["label"]] += 1
     about = {
         "trained_by": "python experiments/wd_search.py --config=astrotl/configs/wd_search.py "
                       f"--workdir={workdir} --bundle={_BUNDLE.value}",
         "training_data": (
-            f"real LAMOST A-M stars ({counts.get('LAMOST', {})}), each also degraded to S/N "
+            f"real LAMOST A-M stars ({trained.get('LAMOST', {})}), each also degraded to S/N "
             f"{config.snr_range[0]:g}-{config.snr_range[1]:g}; real HST CALSPEC spectra "
-            f"({counts.get('CALSPEC', {})} objects: white dwarfs DA/DB/DO, hot subdwarfs, O/B, "
+            f"({trained.get('CALSPEC', {})} objects: white dwarfs DA/DB/DO, hot subdwarfs, O/B, "
             "A-M stars) made LAMOST-like at S/N "
             f"{config.snr_range[0]:g}-{config.snr_range[1]:g}; simulated DA white dwarfs and "
             "DA+M binaries (Warwick models); all with the measured LAMOST response, LAMOST "

@@ -72,9 +72,9 @@ def main(argv):
         f"without a prediction (errors.csv); this run {s['files_this_run']} inputs in "
         f"{s['seconds']:.1f} s" + (f" ({rate:.3g} curves/s)" if rate else "") + f" -> {F.out}")
   if s["too_many_missing"]:
-    cli.fail(PROG, f"WARNING: {s['n_missing_files']} of {s['n_inputs']} catalog files were not found "
-          f"(more than --max_missing={F.max_missing}); they are listed in {F.out}/errors.csv. "
-          "Check --root.", 1)
+    cli.fail(PROG, f"WARNING: {s['n_missing_files']} of {s['n_inputs']} catalog files were "
+             f"not found (more than --max_missing={F.max_missing}); they are listed in "
+             f"{F.out}/errors.csv. Check --root.", 1)
 
 
 def run():

@@ -92,9 +92,9 @@ def main(argv):
         f"{summary['files_this_run']} inputs in {summary['seconds']:.1f} s"
         + (f" ({rate:.0f} spectra/s)" if rate else "") + f" -> {F.out}")
   if summary["too_many_missing"]:
-    cli.fail(PROG, f"WARNING: {summary['n_missing_files']} of {summary['n_inputs']} catalog files were "
-          f"not found (more than --max_missing={F.max_missing}); they are listed in "
-          f"{F.out}/errors.csv. Check --root.", 1)
+    cli.fail(PROG, f"WARNING: {summary['n_missing_files']} of {summary['n_inputs']} catalog "
+             f"files were not found (more than --max_missing={F.max_missing}); they are "
+             f"listed in {F.out}/errors.csv. Check --root.", 1)
 
 
 def run():
