@@ -134,10 +134,11 @@ def from_catalog(path, root=None, path_column=None, allow_outside_root=False,
   by_name = None
   paths, rows, duplicates, refused, first = [], [], [], [], {}
   missing = 0
+  inside = _Inside(base)
   for row, r in enumerate(rel):
     full = r if os.path.isabs(r) else os.path.normpath(os.path.join(base, r))
     if not allow_outside_root and (root is not None or not os.path.isabs(r)) and \
-        not _inside(full, base):
+        not inside(full):
       refused.append((row, full, f"outside {base}; pass --allow_outside_root to scan it"))
       continue
     found = _existing(full)
@@ -157,9 +158,24 @@ def from_catalog(path, root=None, path_column=None, allow_outside_root=False,
   return Inputs(paths, str(path), table, np.asarray(rows, np.int64), duplicates, refused, missing)
 
 
-def _inside(path, base):
-  return os.path.commonpath([os.path.realpath(path), os.path.realpath(base)]) == \
-      os.path.realpath(base)
+class _Inside:
+  """Whether a path, links resolved, lies under `base`.  Folders are resolved once each
+  and a file only when it is a link: one lstat a file instead of a realpath (a survey
+  catalog has millions of files in thousands of folders)."""
+
+  def __init__(self, base):
+    self.base = os.path.realpath(base)
+    self.folders = {}
+
+  def __call__(self, path):
+    folder, name = os.path.split(path)
+    real = self.folders.get(folder)
+    if real is None:
+      real = self.folders[folder] = os.path.realpath(folder)
+    real = os.path.join(real, name)
+    if os.path.islink(real):
+      real = os.path.realpath(real)
+    return os.path.commonpath([real, self.base]) == self.base
 
 
 def _existing(path):
