@@ -626,7 +626,8 @@ def plot(workdir, cells, snrs, lamost_snrs):
       lo = np.array([p[1]["low"] for p in pts])
       hi = np.array([p[1]["high"] for p in pts])
       ls = "-" if label.startswith(("WD", "LAMOST")) else "--"
-      ax.errorbar(s, r, yerr=np.clip([r - lo, hi - r], 0, None),  # rounding marker="o", ms=3, capsize=2, ls=ls, lw=1,
+      yerr = np.clip([r - lo, hi - r], 0, None)  # a rate can round just outside its interval
+      ax.errorbar(s, r, yerr=yerr, marker="o", ms=3, capsize=2, ls=ls, lw=1,
                   label=f"{label} ({pts[0][1]['n_objects']})")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
