@@ -599,13 +599,20 @@ def spectrum_inputs(inputs):
     names.append(name)
     arrays.append(a)
     metas.append(m)
-  if not arrays:
-    if errors:
-      raise aio.SpectrumError(errors[0][0], errors[0][1] + (
-          f" (and {len(errors) - 1} more unreadable inputs)" if len(errors) > 1 else ""))
-    raise ValueError("no inputs given")
-  if errors:
-    warnings.warn(f"{len(errors)} of {len(errors) + len(arrays)} inputs could not be read; "
-                  "see table.meta['errors']")
+  check_kept(len(arrays), errors, aio.SpectrumError, "could not be read")
   raw = {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
   return names, raw, metas, errors
+
+
+def check_kept(n_kept, errors, error, what):
+  """What `predict` does with inputs it could not use ((path, reason) `errors`): if none
+  was usable, raises `error(path, reason)` for the first (or ValueError for no inputs);
+  else warns how many inputs `what` (they are in table.meta['errors'])."""
+  if not n_kept:
+    if errors:
+      more = f" (and {len(errors) - 1} more inputs that {what})" if len(errors) > 1 else ""
+      raise error(errors[0][0], errors[0][1] + more)
+    raise ValueError("no inputs given")
+  if errors:
+    warnings.warn(f"{len(errors)} of {len(errors) + n_kept} inputs {what}; see "
+                  "table.meta['errors']")

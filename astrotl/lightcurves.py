@@ -13,7 +13,6 @@ flat curve, ...) or are not finite is an error with its reason, never a row of N
 """
 
 import os
-import warnings
 
 import numpy as np
 
@@ -239,14 +238,8 @@ def _is_curve(item):
 
 
 def _no_rows(n_kept, errors):
-  if not n_kept:
-    if errors:
-      raise io_lc.LightCurveError(errors[0][0], errors[0][1] + (
-          f" (and {len(errors) - 1} more inputs without a prediction)" if len(errors) > 1 else ""))
-    raise ValueError("no inputs given")
-  if errors:
-    warnings.warn(f"{len(errors)} of {len(errors) + n_kept} inputs got no prediction; see "
-                  "table.meta['errors']")
+  from astrotl import bundle
+  bundle.check_kept(n_kept, errors, io_lc.LightCurveError, "got no prediction")
 
 
 def predict(model, inputs, batch_size: int = 256):
