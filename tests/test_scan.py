@@ -81,12 +81,14 @@ def test_shared_trunk_and_cascade_equal_the_plain_path(tmp_path, tiny_bundles):
   model = bundle.load_model(tiny_bundles["shared"])
   assert model.shared_trunk("stage1", "stage2")
   assert not bundle.load_model(tiny_bundles["separate"]).shared_trunk("stage1", "stage2")
-  # a threshold of 0 makes the stage-1 agreement decide, so the cascade skips most rows
+  # a threshold of 0 makes the stage-1 agreement decide, so the cascade skips most rows;
+  # ten batches a chunk, more than runner.IN_FLIGHT, so results are fetched while queued
   res = {}
   for mode in ("plain", "shared", "cascade"):
     out = tmp_path / mode
     scan.scan(spectra=",".join(files), out=out, model=str(tiny_bundles["shared"]), mode=mode,
-              workers=0, batch_size=16, progress=False, threshold=0.0, log=lambda *_: None)
+              workers=0, batch_size=4, chunk_size=40, progress=False, threshold=0.0,
+              log=lambda *_: None)
     res[mode] = _predictions(out)
   plain, shared, cascade = res["plain"], res["shared"], res["cascade"]
   for c in [f"p1_{bundle.column_name(k)}" for k in CLASSES] + ["p_wd", "snr"]:

@@ -136,6 +136,9 @@ def test_chunks_are_a_twentieth_of_the_inputs_within_bounds():
   assert chunks.auto_chunk_size(3000) == 150
   assert chunks.auto_chunk_size(100) == 64
   assert chunks.auto_chunk_size(11_200_000) == 4096
+  # The scan's batch is the smallest chunk, so the batch does not shrink with the input.
+  assert chunks.auto_chunk_size(1000, smallest=256) == 256
+  assert chunks.auto_chunk_size(11_200_000, smallest=256) == 4096
 
 
 def test_a_second_scan_into_the_same_folder_is_refused_and_stale_tmp_removed(tmp_path):

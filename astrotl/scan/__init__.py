@@ -98,7 +98,7 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   parallel.enable_compilation_cache()
   times = {"prepare": time.time() - t_start}
   paths = found.paths
-  chunk_size = chunk_size or chunks.auto_chunk_size(len(paths))
+  chunk_size = chunk_size or chunks.auto_chunk_size(len(paths), min(batch_size, 4096))
   n_proc, me = jax.process_count(), jax.process_index()
   main = me == 0
   store = chunks.Store(out, len(paths), chunk_size)

@@ -43,7 +43,7 @@ def define_flags():
   f.DEFINE_integer("batch_size", 256, "Spectra per device step (over the local devices; at "
                    "most the chunk size).")
   f.DEFINE_integer("chunk_size", 0, "Spectra per saved chunk (0: about 1/20 of the inputs, "
-                   "64-4096).")
+                   "from --batch_size to 4096).")
   f.DEFINE_integer("workers", None, "Decoding processes (default: CPU count; 0 decodes in "
                    "this process).")
   f.DEFINE_float("time_limit", 60.0, "Seconds one file may take to decode before its worker "

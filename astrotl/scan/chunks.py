@@ -38,9 +38,13 @@ def write_atomic(path: pathlib.Path, write):
     raise
 
 
-def auto_chunk_size(n_inputs: int) -> int:
-  """About 1/20 of the inputs (so an interrupt keeps most work), in [64, 4096]."""
-  return int(min(4096, max(64, -(-n_inputs // 20))))
+def auto_chunk_size(n_inputs: int, smallest: int = 64) -> int:
+  """About 1/20 of the inputs (so an interrupt keeps most work), in [smallest, 4096].
+
+  The scan passes its batch size as `smallest`: a batch never spans chunks, so smaller
+  chunks would shrink the batch, and the device's speed and memory would then depend on
+  how many files were listed."""
+  return int(min(4096, max(smallest, -(-n_inputs // 20))))
 
 
 def inputs_digest(paths) -> str:

@@ -25,6 +25,11 @@ from astrotl import parallel, rules
 from astrotl.bundle import DEVICE_KEYS
 from astrotl.scan import tables, workers
 
+# Device batches queued at once.  Two keep the device busy while the host gathers the
+# next; more would only hold their inputs in memory (jax dispatch does not wait), so the
+# scan's memory would grow with the chunk size.
+IN_FLIGHT = 2
+
 
 class Runner:
   """Scans chunks of inputs with one model on the local devices."""
@@ -75,7 +80,8 @@ class Runner:
     chunk's inputs, which start at input number `first`.
     """
     files, metas, errors = [], [], []
-    self._outs1, self._outs2, self._held, self._rows = [], [], None, 0
+    self._outs1, self._outs2 = _InFlight(self._host), _InFlight(self._host)
+    self._held, self._rows = None, 0
     self._stage2 = _Batches(self.batch_size) if self.mode == "cascade" else None
     stage1 = _Batches(self.batch_size)
     for task_paths, (good, arrays, ms, errs) in _timed(results, self):
@@ -97,7 +103,7 @@ class Runner:
   def _stage1(self, raw, n):
     pending = self._dispatch(self.fns[0], self.variables[0], raw, n)
     if self._stage2 is None:
-      self._outs1.append(pending)
+      self._outs1.put(pending)
       return
     # Cascade: the previous batch is (nearly) done by now; its admitted rows go on.
     self._admit()
@@ -109,25 +115,24 @@ class Runner:
       return
     pending, raw, start = self._held
     got = self._host(pending)
-    self._outs1.append(got)
+    self._outs1.put(got)
     class1 = self.model.outputs_to_columns(got)["class1"]
     admit = np.flatnonzero(rules.stage1_admits(self.model.rule, class1))
     for raw2, rows in self._stage2.add({k: v[admit] for k, v in raw.items()}, start + admit):
-      self._outs2.append((self._dispatch(self.fns[1], self.variables[1], raw2, len(rows)), rows))
+      self._outs2.put(self._dispatch(self.fns[1], self.variables[1], raw2, len(rows)), rows)
     self._held = None
 
   def _finish(self, n):
     if self._stage2 is not None:
       self._admit()
       for raw, rows in self._stage2.flush():
-        self._outs2.append((self._dispatch(self.fns[1], self.variables[1], raw, len(rows)), rows))
-    parts = [o if isinstance(o, dict) else self._host(o) for o in self._outs1]
+        self._outs2.put(self._dispatch(self.fns[1], self.variables[1], raw, len(rows)), rows)
+    parts = [o for o, _ in self._outs1.results()]
     outs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
     if self._stage2 is not None:
       for name in self.stages[1]:
         outs[name] = np.full((n, self.model.networks[name].width), np.nan, np.float32)
-      for pending, rows in self._outs2:
-        got = self._host(pending)
+      for got, rows in self._outs2.results():
         for name in self.stages[1]:
           outs[name][rows] = got[name]
     return outs
@@ -147,6 +152,32 @@ def resolve_mode(model, mode):
   if mode == "cascade" and not two:
     raise ValueError("mode=cascade needs a two-stage model with a two-stage rule")
   return mode
+
+
+class _InFlight:
+  """Device outputs in order, at most IN_FLIGHT of them not yet fetched to the host."""
+
+  def __init__(self, host):
+    self.host = host  # pending -> host dict (waits for the device)
+    self.items, self.fetched = [], 0
+
+  def put(self, out, tag=None):
+    """`out`: a pending device result, or a host dict already fetched."""
+    self.items.append((out, tag))
+    while len(self.items) - self.fetched > IN_FLIGHT:
+      self._fetch()
+
+  def _fetch(self):
+    out, tag = self.items[self.fetched]
+    if not isinstance(out, dict):
+      self.items[self.fetched] = (self.host(out), tag)
+    self.fetched += 1
+
+  def results(self):
+    """[(host dict, tag)] of everything put."""
+    while self.fetched < len(self.items):
+      self._fetch()
+    return self.items
 
 
 class _Batches:
