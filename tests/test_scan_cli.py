@@ -106,6 +106,23 @@ def test_catalog_archive_paths_against_a_flat_folder_are_found_by_name(tmp_path,
   assert all(p.startswith(str(root)) for p in found.paths)
 
 
+def test_catalog_keeps_only_the_columns_asked_for_and_errors_list_all(tmp_path, shared_data):
+  cat = shared_data / "spectra" / "catalogs" / "jhliu_dr8_snrg30_grouped_ccf_test.csv"
+  root = shared_data / "spectra" / "lamost_dr8v1_image_format"
+  everything = scan.inputs.from_catalog(str(cat), str(root))
+  kept = scan.inputs.from_catalog(str(cat), str(root), keep=scan.inputs.CARRIED)
+  assert kept.paths == everything.paths and len(kept.table) < len(everything.table)
+  from astrotl.io import catalog
+  assert set(kept.table) <= {*scan.inputs.CARRIED, *catalog.PATH_ALIASES,
+                             *catalog.LAMOST_PATH_COLUMNS}
+  for c in kept.table:
+    np.testing.assert_array_equal(kept.table[c], everything.table[c])
+  bad = tmp_path / "bad.csv"
+  bad.write_text("ra,dec,teff,wanted\n1,2,3,4\n")
+  with pytest.raises(scan.InputError, match=r"columns are \['dec', 'ra', 'teff', 'wanted'\]"):
+    scan.inputs.from_catalog(str(bad), str(tmp_path), keep=scan.inputs.CARRIED)
+
+
 def test_catalog_duplicates_scanned_once_and_escapes_refused(tmp_path, tiny_bundles):
   files = _sample(4)
   d = tmp_path / "root"

@@ -29,17 +29,19 @@ def column_name(name: str) -> str:
   return name[len("combined_"):] if name.startswith("combined_") else name
 
 
-def read_table(path) -> dict:
+def read_table(path, columns=None) -> dict:
   """Reads a CSV (',', '|' or tab separated, optionally gzipped) or FITS table.
 
-  Returns {column name: numpy array}; text columns are str arrays.  Raises
-  SpectrumError naming the file if it cannot be read.
+  Returns {column name: numpy array}; text columns are str arrays.  `columns` (names as
+  returned) keeps only those, so a survey catalog's other columns never reach memory.
+  Raises SpectrumError naming the file if it cannot be read.
   """
   name = os.fspath(path).lower()
+  wanted = None if columns is None else set(columns)
   if name.endswith(_FITS_SUFFIXES):
-    columns = _read_fits(path)
+    columns = _read_fits(path, wanted)
   elif name.endswith(_TEXT_SUFFIXES):
-    columns = _read_text(path)
+    columns = _read_text(path, wanted)
   else:
     raise CatalogError(path, f"not a catalog: expected one of {', '.join(SUFFIXES)}")
   out = {}
@@ -52,7 +54,8 @@ def read_table(path) -> dict:
   return out
 
 
-def _read_text(path):
+def _read_text(path, wanted=None):
+  import csv
   import pyarrow
   import pyarrow.csv
 
@@ -63,8 +66,12 @@ def _read_text(path):
   except (OSError, EOFError) as e:
     raise CatalogError(path, f"cannot read catalog: {e}") from None
   delimiter = max((",", "|", "\t"), key=lambda d: first.count(d.encode()))
+  convert = pyarrow.csv.ConvertOptions()
+  if wanted is not None:
+    header = next(csv.reader([first.decode("utf-8", "replace")], delimiter=delimiter), [])
+    convert.include_columns = [h for h in header if column_name(h) in wanted]
   try:
-    table = pyarrow.csv.read_csv(os.fspath(path),
+    table = pyarrow.csv.read_csv(os.fspath(path), convert_options=convert,
                                  parse_options=pyarrow.csv.ParseOptions(delimiter=delimiter))
   except (OSError, pyarrow.ArrowException) as e:
     raise CatalogError(path, f"cannot parse catalog: {e}") from None
@@ -76,10 +83,12 @@ def _read_text(path):
     if values.dtype == object:
       values = np.array(["" if v is None else str(v) for v in values], dtype=str)
     out[name] = values
+  del table
+  pyarrow.default_memory_pool().release_unused()  # the parse buffers; RSS is what counts
   return out
 
 
-def _read_fits(path):
+def _read_fits(path, wanted=None):
   from astropy.io import fits
 
   try:
@@ -90,6 +99,8 @@ def _read_fits(path):
       data = table.data
       out = {}
       for name in table.columns.names:
+        if wanted is not None and column_name(name) not in wanted:
+          continue
         values = np.asarray(data[name])
         if values.dtype.kind == "S":
           values = np.char.strip(np.char.decode(values, "ascii", "replace"))
@@ -141,17 +152,32 @@ def lamost_relative_path(obsdate, planid, lmjd, spid, fiberid) -> str:
   return f"{day}/{str(planid).strip()}/{lamost_filename(lmjd, planid, spid, fiberid)}.gz"
 
 
-def catalog_paths(catalog_path, path_column=None) -> tuple[list[str], dict]:
-  """File paths as a catalog lists them (relative or absolute), and the table itself.
+LAMOST_PATH_COLUMNS = ("obsdate", "planid", "lmjd", "spid", "fiberid")
+
+
+def catalog_paths(catalog_path, path_column=None, keep=None) -> tuple[list[str], dict]:
+  """File paths as a catalog lists them (relative or absolute), and the table itself
+  (only the columns named in `keep` and those the paths need, if `keep` is given).
 
   Uses a path/file column if there is one; otherwise builds LAMOST archive paths from
   obsdate, planid, lmjd, spid and fiberid (the general catalog's columns).
   """
-  table = read_table(catalog_path)
+  if keep is not None:
+    columns = {*keep, *PATH_ALIASES, *LAMOST_PATH_COLUMNS}
+    if path_column:
+      columns.add(column_name(path_column))
+    try:
+      return _paths(catalog_path, read_table(catalog_path, columns), path_column)
+    except CatalogError:
+      pass  # read it all, so the message lists every column the file has
+  return _paths(catalog_path, read_table(catalog_path), path_column)
+
+
+def _paths(catalog_path, table, path_column):
   col = find_column(table, PATH_ALIASES, catalog_path, "path", path_column)
   if col is not None:
     return [str(v).strip() for v in table[col]], table
-  need = ("obsdate", "planid", "lmjd", "spid", "fiberid")
+  need = LAMOST_PATH_COLUMNS
   missing = [n for n in need if n not in table]
   if missing:
     raise CatalogError(catalog_path, f"no file-path column ({', '.join(PATH_ALIASES)}) and "

@@ -172,7 +172,8 @@ def prepare(spectra, catalog, root, path_column, allow_outside_root, known, know
   if spectra and catalog:
     raise InputError("give --spectra or --catalog, not both")
   if catalog:
-    found = scan_inputs.from_catalog(catalog, root, path_column, allow_outside_root)
+    found = scan_inputs.from_catalog(catalog, root, path_column, allow_outside_root,
+                                       keep=scan_inputs.CARRIED)
     if not found.paths:
       raise InputError(f"--catalog={catalog}: no row can be scanned ({len(found.refused)} "
                        f"refused, {len(found.duplicates)} duplicates)")

@@ -120,12 +120,13 @@ def is_catalog(path, path_column=None) -> bool:
 
 
 def from_catalog(path, root=None, path_column=None, allow_outside_root=False,
-                 suffixes=SUFFIXES, flag="--catalog") -> Inputs:
-  """Files listed by a catalog (see the module docstring)."""
+                 suffixes=SUFFIXES, flag="--catalog", keep=None) -> Inputs:
+  """Files listed by a catalog (see the module docstring); `keep` names the catalog
+  columns to hold in `table` (default all)."""
   if not os.path.isfile(path):
     raise InputError(f"{flag}={path}: no such file")
   try:
-    rel, table = io_catalog.catalog_paths(path, path_column)
+    rel, table = io_catalog.catalog_paths(path, path_column, keep)
   except io_catalog.CatalogError as e:
     raise InputError(str(e)) from None
   if root is not None and not os.path.isdir(root):
