@@ -158,6 +158,14 @@ def test_chunks_are_a_twentieth_of_the_inputs_within_bounds():
   assert chunks.auto_chunk_size(11_200_000, smallest=256) == 4096
 
 
+def test_a_resumed_scan_keeps_its_chunk_size(tmp_path):
+  digest = chunks.inputs_digest(["a.fits", "b.fits"])
+  assert chunks.resumed_chunk_size(tmp_path, digest) is None  # no earlier scan
+  (tmp_path / "scan.json").write_text(json.dumps({"inputs_sha256": digest, "chunk_size": 64}))
+  assert chunks.resumed_chunk_size(tmp_path, digest) == 64
+  assert chunks.resumed_chunk_size(tmp_path, chunks.inputs_digest(["c.fits"])) is None
+
+
 def test_a_second_scan_into_the_same_folder_is_refused_and_stale_tmp_removed(tmp_path):
   out = tmp_path / "o"
   store = chunks.Store(out, 10, 5)

@@ -98,7 +98,9 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   parallel.enable_compilation_cache()
   times = {"prepare": time.time() - t_start}
   paths = found.paths
-  chunk_size = chunk_size or chunks.auto_chunk_size(len(paths), min(batch_size, 4096))
+  digest = chunks.inputs_digest(paths)
+  chunk_size = (chunk_size or chunks.resumed_chunk_size(out, digest)
+                or chunks.auto_chunk_size(len(paths), min(batch_size, 4096)))
   n_proc, me = jax.process_count(), jax.process_index()
   main = me == 0
   store = chunks.Store(out, len(paths), chunk_size)
@@ -108,7 +110,7 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
     # A batch never spans chunks: a chunk smaller than the batch would be mostly padding.
     run = runner.Runner(m, parallel.make_mesh(jax.local_devices()),
                         min(batch_size, chunk_size), mode, embed=embeddings)
-    store.open({"inputs_sha256": chunks.inputs_digest(paths), "n_inputs": len(paths),
+    store.open({"inputs_sha256": digest, "n_inputs": len(paths),
                 "chunk_size": chunk_size, "model": m.identity(), "model_source": m.source,
                 "cascade": list(m.rule["classes"]) if run.mode == "cascade" else None,
                 "embeddings": embedding_manifest(m) if embeddings else None}, main)

@@ -47,6 +47,16 @@ def auto_chunk_size(n_inputs: int, smallest: int = 64) -> int:
   return int(min(4096, max(smallest, -(-n_inputs // 20))))
 
 
+def resumed_chunk_size(out, digest):
+  """The chunk size of an earlier scan of the same inputs in `out`, or None: a resumed
+  scan keeps its chunks even if the automatic size has changed since (--chunk_size=0)."""
+  try:
+    old = json.loads((pathlib.Path(out) / "scan.json").read_text())
+  except (OSError, ValueError):
+    return None
+  return old.get("chunk_size") if old.get("inputs_sha256") == digest else None
+
+
 def inputs_digest(paths) -> str:
   h = hashlib.sha256()
   for p in paths:
