@@ -100,7 +100,7 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   paths = found.paths
   digest = chunks.inputs_digest(paths)
   chunk_size = (chunk_size or chunks.resumed_chunk_size(out, digest)
-                or chunks.auto_chunk_size(len(paths), min(batch_size, 4096)))
+                or chunks.auto_chunk_size(len(paths), batch_size))
   n_proc, me = jax.process_count(), jax.process_index()
   main = me == 0
   store = chunks.Store(out, len(paths), chunk_size)
