@@ -23,11 +23,15 @@ import math
 import os
 import re
 import stat
-import zlib
 
 import numpy as np
 
 from astrotl.io import SpectrumError
+
+try:  # zlib-ng inflates about twice as fast as zlib (gzip is most of a LAMOST file's read)
+  from zlib_ng import zlib_ng as zlib
+except ImportError:  # same API, same streams and errors
+  import zlib
 
 BLOCK = 2880
 CARD = 80
