@@ -118,3 +118,31 @@ def test_on_real_lamost_star(shared_data):
   wave_grid = spectra.wavelength_grid()
   halpha = norm[np.abs(wave_grid - 6564.6) < 3].mean()
   assert halpha < 0.95
+
+
+def test_snr_of_one_spectrum_equals_the_batched_value():
+  # The scan measures one file at a time through a faster path; it must give the
+  # batched value exactly, also for masked, empty-band, infinite-ivar and dead spectra.
+  wave = spectra.wavelength_grid()
+  band = spectra.snr_band(wave)
+  rng = np.random.default_rng(3)
+  cases = []
+  for k in range(40):
+    flux = rng.normal(10, 3, wave.size)
+    ivar = np.abs(rng.normal(1, 0.1, wave.size))
+    mask = rng.random(wave.size) < 0.05
+    if k % 4 == 1:
+      ivar[rng.random(wave.size) < 0.3] = rng.choice([0.0, np.inf, np.nan])
+    if k % 5 == 2:
+      mask |= band  # nothing good in the band: all good pixels count
+    if k % 7 == 3:
+      flux[band], ivar[band] = 0.0, np.inf  # in-band ratios all NaN
+    if k % 9 == 4:
+      mask[:] = True
+    cases.append((flux, ivar, None if k % 6 == 5 else mask))
+  cases.append((np.full(wave.size, np.nan), np.ones(wave.size), None))
+  for flux, ivar, mask in cases:
+    batched = spectra.snr(flux[None], ivar[None], None if mask is None else mask[None], wave)
+    one = spectra.snr(flux, ivar, mask, wave)
+    assert isinstance(one, float) and one == batched[0]
+  assert spectra.snr(cases[0][0], 1.0, None, wave) == spectra.snr(cases[0][0][None], 1.0)[0]
