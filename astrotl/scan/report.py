@@ -8,6 +8,7 @@ agrees, S/N, survey-class veto) and the rest.  Every file is written atomically.
 """
 
 import os
+import textwrap
 
 import numpy as np
 
@@ -48,9 +49,9 @@ def histogram(out, scores, eligible, rule, n_cand):
   ax.set_yscale("log")
   ax.set_xlabel(rule["score"] + (f"  ({skipped} spectra not scored: null)" if skipped else ""))
   ax.set_ylabel("spectra")
-  ax.set_title(f"candidate rule: {rules.describe(rule)}", fontsize=8)
+  ax.set_title(textwrap.fill(f"candidate rule: {rules.describe(rule)}", 100), fontsize=8)
   ax.legend(fontsize=7)
-  fig.tight_layout()
+  fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.88)
   _save(fig, out / "score_histogram.png")
 
 
@@ -102,7 +103,10 @@ def plot_spectra(path, rows, model, title):
     for line in LINES:
       ax.axvline(line, color="tab:red", lw=0.4, alpha=0.5)
   axes[-1, 0].set_xlabel("wavelength [A]")
-  fig.tight_layout()
+  # Fixed margins in inches: tight_layout measured every axis and took a second a scan.
+  height = 1.6 * n
+  fig.subplots_adjust(left=0.07, right=0.98, bottom=0.5 / height, top=1 - 0.25 / height,
+                      hspace=0.45)
   _save(fig, path)
 
 
