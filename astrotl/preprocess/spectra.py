@@ -370,7 +370,8 @@ def snr(flux, ivar, mask=None, wavelength=None):
 
 
 def _snr_one(flux, ivar, mask, wavelength):
-  """`snr` of one spectrum, the same value in half the time (the scan calls it per file)."""
+  """`snr` of one spectrum: the same value in about two thirds of the time (the scan calls
+  it for every file)."""
   flux = np.asarray(flux, np.float64)
   ivar = np.broadcast_to(np.asarray(ivar, np.float64), flux.shape)
   good = np.isfinite(flux) & (ivar > 0)
