@@ -357,6 +357,7 @@ def snr(flux, ivar, mask=None, wavelength=None):
   of SNR_BAND (all good pixels if none is in it), 0 if no pixel is good.  (n, m) -> (n,),
   or (m,) -> a float; wavelength in A, default the common grid.  A host computation: a
   median is a sort on an accelerator, and numpy's selection is nearly free."""
+  wavelength = wavelength_grid(np.shape(flux)[-1]) if wavelength is None else wavelength
   if np.ndim(flux) == 1:
     return _snr_one(flux, ivar, mask, wavelength)
   flux = np.atleast_2d(np.asarray(flux, np.float64))
@@ -364,7 +365,6 @@ def snr(flux, ivar, mask=None, wavelength=None):
   bad = ~np.isfinite(flux) | ~(ivar > 0)
   if mask is not None:
     bad = bad | np.broadcast_to(np.asarray(mask, bool), flux.shape)
-  wavelength = wavelength_grid(flux.shape[-1]) if wavelength is None else wavelength
   ratio = np.where(bad, 0.0, flux) * np.sqrt(np.where(bad, 0.0, ivar))
   return np.nan_to_num(band_median(ratio, snr_band(wavelength), bad), nan=0.0)
 
@@ -377,7 +377,6 @@ def _snr_one(flux, ivar, mask, wavelength):
   good = np.isfinite(flux) & (ivar > 0)
   if mask is not None:
     good &= ~np.broadcast_to(np.asarray(mask, bool), flux.shape)
-  wavelength = wavelength_grid(flux.shape[-1]) if wavelength is None else wavelength
   with np.errstate(all="ignore"):  # 0 * inf (an infinite ivar) is NaN, as in `snr`
     ratio = flux[good] * np.sqrt(ivar[good])
     in_band = ratio[snr_band(wavelength)[good]]
