@@ -8,8 +8,10 @@ them jit-compiled.  The same functions serve `python -m astrotl.classify_lightcu
 
 Inputs: light-curve files (`io.lightcurve.read_curve`), (time, mag[, err]) tuples of 1-D
 arrays, lists of those, or an (n, 16) array of features already computed (columns in
-`features.FEATURES` order).  A curve whose features cannot be computed (too few points, a
-flat curve, ...) or are not finite is an error with its reason, never a row of NaN.
+`features.FEATURES` order).  `predict(model, files, id_column="fieldid,tileid,seqn")`
+splits files holding many stars (`io.lightcurve.read_stars`): one row per star, with an
+`id` column.  A curve whose features cannot be computed (too few points, a flat curve,
+...) or are not finite is an error with its reason, never a row of NaN.
 """
 
 import os
@@ -198,18 +200,31 @@ def classify(model, curves=None, feats=None, batch_size=256, chunk=None):
 
 # --- the user's calls (bundle.Model.predict / .embed) -----------------------------------------
 
-def _inputs(inputs):
-  """(names, curves or None, feats dict or None, read errors [(name, reason)])."""
+def _inputs(inputs, id_column=None):
+  """(names, curves or None, feats dict or None, read errors [(name, reason)]); with
+  `id_column` names are (file, star id) pairs (id "" for a curve given as arrays), and
+  errors (name, id, reason)."""
   if isinstance(inputs, np.ndarray) and inputs.ndim == 2 and inputs.dtype.kind in "fi":
     if inputs.shape[1] != len(F.FEATURES):
       raise ValueError(f"a feature array must be (n, {len(F.FEATURES)}) with columns "
                        f"{', '.join(F.FEATURES)}; got shape {inputs.shape}")
+    if id_column is not None:
+      raise ValueError("id_column splits light-curve files; a feature array has no stars")
     feats = {k: inputs[:, j].astype(np.float64) for j, k in enumerate(F.FEATURES)}
     return [str(i) for i in range(len(inputs))], None, feats, []
   if isinstance(inputs, (str, os.PathLike)) or _is_curve(inputs):
     inputs = [inputs]
   names, curves, errors = [], [], []
   for i, item in enumerate(inputs):
+    if isinstance(item, (str, os.PathLike)) and id_column is not None:
+      try:
+        stars = list(io_lc.read_stars(item, id_column))
+      except io_lc.LightCurveError as e:
+        errors.append((e.path, "", e.reason))
+        continue
+      names += [(os.fspath(item), star) for star, _ in stars]
+      curves += [curve for _, curve in stars]
+      continue
     if isinstance(item, (str, os.PathLike)):
       try:
         curve = io_lc.read_curve(item)
@@ -220,11 +235,12 @@ def _inputs(inputs):
     elif _is_curve(item):
       arrays = [np.asarray(a, np.float64) for a in item if a is not None]
       if any(a.ndim != 1 for a in arrays) or len({len(a) for a in arrays}) != 1:
-        errors.append((f"input {i}", "time, mag and err must be 1-D arrays of one length, got "
-                       f"shapes {[a.shape for a in arrays]}"))
+        errors.append((f"input {i}",) + (("",) if id_column is not None else ()) + (
+            "time, mag and err must be 1-D arrays of one length, got shapes "
+            f"{[a.shape for a in arrays]}",))
         continue
       curve = (arrays[0], arrays[1], arrays[2] if len(arrays) > 2 else None)
-      names.append(str(i))
+      names.append((str(i), "") if id_column is not None else str(i))
     else:
       raise TypeError(f"input {i}: {type(item).__name__} is not a file path, a (time, mag[, "
                       "err]) tuple or an (n, 16) feature array")
@@ -239,20 +255,35 @@ def _is_curve(item):
 
 def _no_rows(n_kept, errors):
   from astrotl import bundle
-  bundle.check_kept(n_kept, errors, io_lc.LightCurveError, "got no prediction")
+  # (file, star id, reason) errors are named "file (star id)" in the warning or exception
+  pairs = [(f"{e[0]} (star {e[1]})" if e[1] else e[0], e[2]) if len(e) == 3 else e
+           for e in errors]
+  bundle.check_kept(n_kept, pairs, io_lc.LightCurveError, "got no prediction")
 
 
-def predict(model, inputs, batch_size: int = 256):
+def _named(name, reason):
+  return (*name, reason) if isinstance(name, tuple) else (name, reason)
+
+
+def predict(model, inputs, batch_size: int = 256, id_column=None):
   """An astropy Table, one row per input with a prediction: `name` (the file, or the
   input's index), `n_points` (for curves), the 16 features, the model's output columns
   (`p_<class>`, `pred_class`; see `Model.columns`).  Inputs without one are listed with the
-  reason in `table.meta["errors"]`; if none has one, the first error is raised."""
+  reason in `table.meta["errors"]`; if none has one, the first error is raised.
+
+  `id_column` (names or numbers, a list or "fieldid,tileid,seqn") splits each file into
+  stars (`io.lightcurve.read_stars`): a row per star, with its id in an `id` column after
+  `name`, and errors as (file, star id, reason) -- id "" when the whole file failed."""
   from astropy.table import Table
-  names, curves, feats, errors = _inputs(inputs)
+  names, curves, feats, errors = _inputs(inputs, id_column)
   kept, cols, errs = classify(model, curves, feats, batch_size) if names else ([], {}, [])
-  errors += [(names[i], reason) for i, reason in errs]
+  errors += [_named(names[i], reason) for i, reason in errs]
   _no_rows(len(kept), errors)
-  t = Table({"name": np.asarray([names[i] for i in kept], dtype=str)})
+  if id_column is None:
+    t = Table({"name": np.asarray([names[i] for i in kept], dtype=str)})
+  else:
+    t = Table({"name": np.asarray([names[i][0] for i in kept], dtype=str),
+               "id": np.asarray([names[i][1] for i in kept], dtype=str)})
   for k, (desc, unit) in column_info(model, with_points=curves is not None).items():
     t[k] = cols[k]
     t[k].description = desc
@@ -262,12 +293,13 @@ def predict(model, inputs, batch_size: int = 256):
   return t
 
 
-def embed(model, inputs, batch_size: int = 256) -> np.ndarray:
-  """The primary network's penultimate features (n, D) float32 of the inputs that get a
-  prediction (the others are warned about, as in `predict`)."""
-  names, curves, feats, errors = _inputs(inputs)
+def embed(model, inputs, batch_size: int = 256, id_column=None) -> np.ndarray:
+  """The primary network's penultimate features (n, D) float32 of the inputs (or, with
+  `id_column`, the stars) that get a prediction (the others are warned about, as in
+  `predict`)."""
+  names, curves, feats, errors = _inputs(inputs, id_column)
   if not names:
     _no_rows(0, errors)
   _, x, kept, errs = prepare(model, curves, feats)
-  _no_rows(len(kept), errors + [(names[i], r) for i, r in errs])
+  _no_rows(len(kept), errors + [_named(names[i], r) for i, r in errs])
   return np.asarray(run(model, x[kept], batch_size, embed=True)["embedding"], np.float32)

@@ -1,6 +1,7 @@
 """Light curves as users have them: read_curve on each survey layout and on bad files,
-load_model("upsilont").predict reproducing UPSILoN-T's published RRL_ab 0.962, and
-python -m astrotl.classify_lightcurves (outputs, catalogs, one-line errors, resume)."""
+read_stars splitting a file of many stars, load_model("upsilont").predict reproducing
+UPSILoN-T's published RRL_ab 0.962, and python -m astrotl.classify_lightcurves (outputs,
+catalogs, --id_column, one-line errors, resume)."""
 
 import gzip
 import json
@@ -159,6 +160,67 @@ def test_bad_files_raise_one_error_naming_file_field_and_fix(tmp_path):
     L.read_curve(tmp_path / "plain.dat", mag_column="mag")
 
 
+def _multi_star_csv(path):
+  """3 stars of a MACHO-like table, rows interleaved: 1.3319.10 and 1.3320.10 (60 points,
+  one -99 row each) share seqn 10, 1.3319.11 has 5 points (too few for the features)."""
+  curves = {("1", "3319", "10"): _sine(61, seed=1), ("1", "3320", "10"): _sine(61, seed=2),
+            ("1", "3319", "11"): _sine(5, seed=3)}
+  rows = []
+  for (field, tile, seqn), (t, m, e) in curves.items():
+    m = m.copy()
+    m[0] = -99.0 if len(m) > 5 else m[0]   # a flagged row, dropped
+    rows += [(t[i], f"2,{field},{tile},{seqn},{float(t[i])!r},{float(m[i])!r},{float(e[i])!r}")
+             for i in range(len(t))]
+  rows.sort()   # by time: the stars' rows interleave
+  path.write_text("classification,fieldid,tileid,seqn,dateobs,rmag,rerr\n"
+                  + "".join(r + "\n" for _, r in rows))
+  return {".".join(k): v for k, v in curves.items()}
+
+
+def test_read_stars_splits_a_file_by_one_or_several_columns(tmp_path):
+  path = tmp_path / "multi.csv"
+  curves = _multi_star_csv(path)
+  stars = list(L.read_stars(path, "fieldid,tileid,seqn"))
+  assert sorted(s for s, _ in stars) == sorted(curves)
+  for star, (t, m, e) in stars:
+    want = curves[star]
+    keep = slice(1, None) if len(want[0]) > 5 else slice(None)   # the -99 row is dropped
+    for got, w in zip((t, m, e), want):
+      np.testing.assert_array_equal(got, w[keep])
+  # the same as a list; one column merges the two stars with seqn 10; numbers work too
+  assert [s for s, _ in L.read_stars(path, ["fieldid", "tileid", "seqn"])] == \
+      [s for s, _ in stars]
+  by_seqn = dict(L.read_stars(path, "seqn"))
+  assert sorted(by_seqn) == ["10", "11"] and len(by_seqn["10"][0]) == 120
+  assert [s for s, _ in L.read_stars(path, "1,2,3")] == [s for s, _ in stars]
+  # read_many, the classifier's reader: a file's index once per star, the id in its meta
+  good, got, metas, errors = L.read_many([path, tmp_path / "gone.csv"],
+                                         id_column="fieldid,tileid,seqn")
+  assert good == [0, 0, 0] and [m["id"] for m in metas] == [s for s, _ in stars]
+  assert errors == [(1, str(tmp_path / "gone.csv"), "no such file")]
+  # a column the file lacks: one error naming the file, the column and the columns
+  with pytest.raises(L.LightCurveError) as e:
+    list(L.read_stars(path, "fieldid,tile,seqn"))
+  assert e.value.path == str(path) and "id_column='tile': no such column; columns are " \
+      "['classification', 'fieldid', 'tileid', 'seqn', 'dateobs', 'rmag', 'rerr']" in str(e.value)
+  # no header: id columns are numbers, and time, mag, err are the other columns in order
+  plain = tmp_path / "plain.dat"
+  plain.write_text("".join(f"{k % 2} {50000 + k} {15 + 0.1 * k} 0.02\n" for k in range(20)))
+  split = dict(L.read_stars(plain, 0))
+  assert sorted(split) == ["0", "1"] and list(split["1"][0][:2]) == [50001.0, 50003.0]
+  np.testing.assert_array_equal(split["1"][2], np.full(10, 0.02))
+  # a star none of whose rows is usable comes back empty (a row of errors, not lost)
+  flagged = tmp_path / "flagged.csv"
+  flagged.write_text("star,mjd,mag,err\na,1,10,0.1\nb,1,99.999,0.1\na,2,11,0.1\n")
+  assert [(s, len(c[0])) for s, c in L.read_stars(flagged, "star")] == [("a", 2), ("b", 0)]
+  # a FITS table: integer ids as written
+  from astropy.table import Table
+  t, m, e = _sine(12)
+  Table({"oid": np.repeat([7, 8], 6), "mjd": t, "mag": m, "magerr": e}).write(tmp_path / "lc.fits")
+  assert [(s, len(c[0])) for s, c in L.read_stars(tmp_path / "lc.fits", "oid")] == \
+      [("7", 6), ("8", 6)]
+
+
 # --- predict ---------------------------------------------------------------------------------
 
 def test_upsilont_predict_reproduces_published_rrl_ab(upsilont, reference):
@@ -202,6 +264,23 @@ def test_predict_curves_and_errors(upsilont):
   spectra = bundle.load_model("wd_stage1")
   with pytest.raises(bundle.BundleError, match="not a light-curve model"):
     lc.classify(spectra, [good])
+
+
+def test_macho_table_is_51_stars_and_predict_gives_each_one_row(upsilont, shared_data):
+  """MACHO's RRL c table (light_curve_ml) is 51 stars in one CSV: read as one file it is one
+  curve of 55,668 points; split by fieldid,tileid,seqn, each star is one row or error."""
+  path = shared_data / "lightcurves" / "macho_rrc_lcml" / "c2_f1.csv.gz"
+  assert len(L.read_curve(path)[0]) == 55_668
+  stars = list(L.read_stars(path, "fieldid,tileid,seqn"))
+  ids = [s for s, _ in stars]
+  assert len(stars) == len(set(ids)) == 51 and ids[0] == "1.3441.1214"   # the file's order
+  assert sum(len(c[0]) for _, c in stars) == 55_668
+  assert set(ids) == {star.id for star in L.macho_csv(path)[0]}   # the survey reader's stars
+  t = lc.predict(upsilont, [path], id_column="fieldid,tileid,seqn")
+  assert len(t) + len(t.meta["errors"]) == 51 and len(t) >= 45
+  assert set(t["name"]) == {str(path)}
+  assert sorted(list(t["id"]) + [e[1] for e in t.meta["errors"]]) == sorted(ids)
+  assert t.colnames[:3] == ["name", "id", "n_points"]
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -265,6 +344,50 @@ def test_cli_usage_errors_are_one_line_and_exit_2(args, words, tmp_path):
   for w in words:
     assert w in lines[0], lines[0]
   assert not (tmp_path / "o" / "chunks").exists()
+
+
+def test_cli_id_column_gives_each_star_one_row_of_predictions_or_errors(tmp_path):
+  from astropy.table import Table
+  root = tmp_path / "curves"
+  root.mkdir()
+  curves = _multi_star_csv(root / "multi.csv")
+  ids = "--id_column=fieldid,tileid,seqn"
+  out = tmp_path / "o"
+  r = _run([f"--lightcurves={root / 'multi.csv'}", ids, f"--out={out}"], tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "2 stars classified" in r.stdout and "1 without a prediction" in r.stdout, r.stdout
+  t = Table.read(out / "predictions.parquet")
+  assert t.colnames[:3] == ["file", "id", "n_points"]
+  assert sorted(t["id"]) == ["1.3319.10", "1.3320.10"] and list(t["n_points"]) == [60, 60]
+  assert set(t["file"]) == {str(root / "multi.csv")}
+  assert len(Table.read(out / "predictions.fits")) == 2
+  errors = Table.read(out / "errors.csv", format="ascii.csv")
+  assert errors.colnames == ["file", "id", "reason"] and len(errors) == 1
+  assert errors["id"][0] == "1.3319.11" and "too_few_points: only 5" in errors["reason"][0]
+  s = json.loads((out / "summary.json").read_text())
+  assert (s["n_inputs"], s["n_classified"], s["n_errors"], s["n_stars"]) == (1, 2, 1, 3)
+  assert s["id_column"] == ["fieldid", "tileid", "seqn"] and set(curves) == set(t["id"]) | {
+      errors["id"][0]}
+  # a catalog of such files, read in a worker process: its columns go to every star of a
+  # file; a missing file is one error row with no id
+  cat = root / "files.csv"
+  cat.write_text("file,label\nmulti.csv,RRL_c\ngone.csv,EB\n")
+  r = _run([f"--lightcurves={cat}", ids, "--workers=1", f"--out={tmp_path / 'c'}"], tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  t = Table.read(tmp_path / "c" / "predictions.parquet")
+  assert list(t["cat_label"]) == ["RRL_c", "RRL_c"] and len(set(t["id"])) == 2
+  errors = (tmp_path / "c" / "errors.csv").read_text().splitlines()
+  assert errors[0] == "file,id,reason" and len(errors) == 3
+  assert any(e.endswith("gone.csv,,no such file") for e in errors[1:]), errors
+  # a column the files lack: one line naming the file, the column and the columns; exit 2
+  r = _run([f"--lightcurves={root / 'multi.csv'}", "--id_column=fieldid,tile",
+            f"--out={tmp_path / 'x'}"], tmp_path)
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+  for w in (str(root / "multi.csv"), "id_column='tile': no such column",
+            "['classification', 'fieldid', 'tileid', 'seqn', 'dateobs', 'rmag', 'rerr']"):
+    assert w in lines[0], lines[0]
+  assert not (tmp_path / "x" / "chunks").exists()
 
 
 def _synthetic_folder(folder, n):

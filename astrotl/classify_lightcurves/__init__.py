@@ -13,11 +13,17 @@ to --root, default its folder): every other catalog column is carried into the
 predictions as cat_<name>, and a label column (LABEL_ALIASES) is compared with the
 predicted classes in summary.json.  Files are read by `io.lightcurve.read_curve`.
 
-Outputs in --out: predictions.parquet (one row per classified curve: file, cat_*,
+Many stars in one file (a survey's light-curve table, e.g. MACHO's rows of
+fieldid,tileid,seqn,...): --id_column=fieldid,tileid,seqn splits each file by star
+(`io.lightcurve.read_stars`); every star is then one row of predictions or one row of
+errors, with an `id` column holding its id columns' values joined by "." ("1.3441.1214").
+
+Outputs in --out: predictions.parquet (one row per classified curve: file[, id], cat_*,
 n_points, the 16 UPSILoN features and p_<class>, pred_class, with units and
 descriptions), predictions.fits (the same, up to FITS_MAX_ROWS rows), errors.csv
-(file,reason for every input without a row: unreadable, too few points, ...; each input
-is in exactly one of the two), summary.json.
+(file,reason -- with --id_column file,id,reason, id empty when the whole file failed --
+for every input or star without a row: unreadable, too few points, ...; each is in
+exactly one of the two), summary.json.
 
 It runs on the scan's machinery: the input listing (scan.inputs), reading in worker
 processes with a time limit per file (scan.workers), and chunks saved atomically and
@@ -41,11 +47,14 @@ SMALL_RUN = 200   # fewer inputs are read in this process (starting workers cost
 
 def classify(lightcurves=None, out="astrotl-lightcurves", model=None, root=None,
              path_column=None, allow_outside_root=False, max_missing=0.5, time_column=None,
-             mag_column=None, err_column=None, max_file_mb=64.0, batch_size=256,
-             chunk_size=0, workers=None, time_limit=60.0, progress=True, log=print):
+             mag_column=None, err_column=None, id_column=None, max_file_mb=64.0,
+             batch_size=256, chunk_size=0, workers=None, time_limit=60.0, progress=True,
+             log=print):
   """Classifies light curves into `out`; returns the summary dict (see the module docstring).
 
-  Bad arguments raise InputError, OutputError or BundleError before any file is read.
+  `id_column` (names or 0-based numbers, a list or comma-separated) splits every file into
+  stars.  Bad arguments raise InputError, OutputError or BundleError before any file is
+  decoded (an id column missing from the first readable input is one of them).
   On SIGINT/SIGTERM (raised as scan.Interrupted by the command line, or
   KeyboardInterrupt) finished chunks are kept and the exception gets `.saved`.
   """
@@ -55,12 +64,16 @@ def classify(lightcurves=None, out="astrotl-lightcurves", model=None, root=None,
   t_start = time.time()
   scan.check_ranges(batch_size=batch_size, chunk_size=chunk_size, workers=workers,
                     time_limit=time_limit, max_missing=max_missing, max_file_mb=max_file_mb)
+  ids = check_id_column(id_column)
   found, carried = find_inputs(lightcurves, root, path_column, allow_outside_root)
   m = bundle.load_model(model or "upsilont")
   lc.check_model(m)
   paths = found.paths
   max_bytes = int(max_file_mb * 2**20)
   reader = {"time_column": time_column, "mag_column": mag_column, "err_column": err_column}
+  if ids:  # only then, so runs without it resume as before
+    reader["id_column"] = ids
+    check_id_columns_in(paths, reader, max_bytes)
   chunk_size = chunk_size or chunks.auto_chunk_size(len(paths))
   store = chunks.Store(out, len(paths), chunk_size)
   if workers is None:
@@ -80,14 +93,24 @@ def classify(lightcurves=None, out="astrotl-lightcurves", model=None, root=None,
           "already done")
     t0 = time.time()
     if todo:
-      scan.run_chunks(Runner(m, batch_size, carried), pool, store, todo, found, 0, progress,
-                      n_todo, unit="curve")
+      # the scan's bar counts saved rows + errors, i.e. stars with ids, whose number is
+      # unknown before reading: then the runner counts files itself
+      bar = None
+      if progress and ids:
+        from tqdm import tqdm
+        bar = tqdm(total=n_todo, unit="file", dynamic_ncols=True, smoothing=0.1, desc="read")
+      try:
+        scan.run_chunks(Runner(m, batch_size, carried, bool(ids), bar), pool, store, todo,
+                        found, 0, progress and not ids, n_todo, unit="curve")
+      finally:
+        if bar is not None:
+          bar.close()
     seconds = time.time() - t0
     stats = {"files_this_run": n_todo, "seconds": seconds,
              "curves_per_second": n_todo / seconds if n_todo and seconds > 0 else None,
              "n_already_done": already, "workers": workers, "reader": reader,
              "max_file_mb": max_file_mb}
-    summary = merge(store, m, found, carried, stats)
+    summary = merge(store, m, found, carried, stats, ids)
   finally:
     if pool is not None:
       pool.close()
@@ -95,6 +118,39 @@ def classify(lightcurves=None, out="astrotl-lightcurves", model=None, root=None,
   summary["wall_seconds"] = time.time() - t_start
   summary["too_many_missing"] = bool(found.missing > max_missing * len(paths))
   return summary
+
+
+def check_id_column(id_column):
+  """--id_column as a list of columns, [] when not given; InputError if malformed."""
+  from astrotl.io import lightcurve as io_lc
+  if id_column is None or (isinstance(id_column, str) and not id_column.strip()):
+    return []
+  try:
+    ids = io_lc.id_columns(id_column)
+  except ValueError:
+    raise InputError(f"--id_column={id_column}: give one column name or number, or several "
+                     "separated by commas (e.g. fieldid,tileid,seqn)") from None
+  return [c if isinstance(c, str) else int(c) for c in ids]
+
+
+ID_CHECK_FILES = 5   # inputs tried for a readable header before --id_column is trusted
+
+
+def check_id_columns_in(paths, reader, max_bytes):
+  """Raises InputError (one line: the file, the column, the file's columns) if the first
+  readable input lacks an --id_column column, before the run starts; inputs that cannot
+  be read are left to the run, which lists them in errors.csv."""
+  from astrotl.io import lightcurve as io_lc
+  for path in paths[:ID_CHECK_FILES]:
+    try:
+      next(io_lc.read_stars(path, max_bytes=max_bytes, **reader), None)
+    except io_lc.LightCurveError as e:
+      if "id_column=" in e.reason:   # the reader's message for a column the file lacks
+        raise InputError(f"{e.path}: --{e.reason}") from None
+    except Exception:  # a reader bug costs this file in the run (errors.csv), not the run
+      pass
+    else:
+      return
 
 
 def find_inputs(lightcurves, root=None, path_column=None, allow_outside_root=False):
@@ -132,31 +188,39 @@ def find_inputs(lightcurves, root=None, path_column=None, allow_outside_root=Fal
 class Runner:
   """Makes the rows of one chunk: read curves in, features + networks, a table out."""
 
-  def __init__(self, model, batch_size, carried):
-    self.model, self.batch_size, self.carried = model, batch_size, carried
+  def __init__(self, model, batch_size, carried, ids=False, bar=None):
+    self.model, self.batch_size, self.carried, self.ids = model, batch_size, carried, ids
+    self.bar = bar   # a progress bar of files, updated as each chunk's files are read
 
   def scan_chunk(self, results, first, inputs):
-    """(arrow table, [(file, reason)]) of one chunk from the pool's results (see
-    scan.run_chunks); the chunk's inputs start at input number `first`."""
+    """(arrow table, [(file, reason)] or with ids [(file, id, reason)]) of one chunk from
+    the pool's results (see scan.run_chunks); the chunk's inputs start at input `first`."""
     from astrotl import lightcurves as lc
-    files, curves, errors = [], [], []
-    for task_paths, (good, arrays, _, errs) in results:
-      errors += [(p, r) for _, p, r in errs]
+    files, stars, curves, errors = [], [], [], []
+    for task_paths, (good, arrays, metas, errs) in results:
+      errors += [(p, "", r) if self.ids else (p, r) for _, p, r in errs]
       if good:
         files += [task_paths[i] for i in good]
+        stars += [meta.get("id", "") for meta in metas]
         curves += list(arrays)
+      if self.bar is not None:
+        self.bar.update(len(task_paths))
     kept, cols, errs = (lc.classify(self.model, curves, batch_size=self.batch_size) if curves
                         else ([], {}, []))
-    errors += [(files[i], reason) for i, reason in errs]
-    return self.table([files[i] for i in kept], cols, inputs, first), errors
+    errors += [(files[i], stars[i], reason) if self.ids else (files[i], reason)
+               for i, reason in errs]
+    return self.table([files[i] for i in kept], [stars[i] for i in kept], cols, inputs,
+                      first), errors
 
-  def table(self, files, cols, inputs, first):
+  def table(self, files, stars, cols, inputs, first):
     import pyarrow as pa
     from astrotl import lightcurves as lc
     from astrotl.scan import tables
     out = {"file": tables.to_arrow(files, "str")}
+    if self.ids:
+      out["id"] = tables.to_arrow(stars, "str")
     if self.carried:
-      rows = inputs.catalog_rows(files, first)
+      rows = _catalog_rows(inputs, files, first)
       for c, name in self.carried.items():
         out[name] = tables.to_arrow(np.asarray(inputs.table[c])[rows])
     for k in lc.column_info(self.model):
@@ -165,23 +229,34 @@ class Runner:
     return pa.table(out)
 
 
-def column_info(model, carried) -> dict:
+def _catalog_rows(inputs, files, first):
+  """inputs.catalog_rows for `files` in which a file split into stars repeats (adjacent)."""
+  if not files:
+    return np.zeros(0, np.int64)
+  starts = [k for k in range(len(files)) if k == 0 or files[k] != files[k - 1]]
+  rows = inputs.catalog_rows([files[k] for k in starts], first)
+  return np.repeat(rows, np.diff(starts + [len(files)]))
+
+
+def column_info(model, carried, ids=False) -> dict:
   """{column: (description, unit)} of predictions.parquet."""
   from astrotl import lightcurves as lc
   info = {"file": ("light-curve file as read", "")}
+  if ids:
+    info["id"] = ("star: its --id_column values joined by '.'", "")
   info.update({name: (f"catalog column {c}", "") for c, name in carried.items()})
   info.update(lc.column_info(model))
   return info
 
 
-def merge(store, model, found, carried, stats) -> dict:
+def merge(store, model, found, carried, stats, ids=()) -> dict:
   """predictions.parquet (+ .fits), errors.csv and summary.json from the finished chunks."""
   import pyarrow.parquet as pq
   from astrotl.io import catalog as io_catalog
   from astrotl.scan import merge as smerge
   from astrotl.scan.chunks import write_atomic
   out = store.out
-  info = column_info(model, carried)
+  info = column_info(model, carried, bool(ids))
   lengths = smerge.string_lengths(store)
   label = io_catalog.find_column(found.table, LABEL_ALIASES) if found.table is not None else None
   label = carried.get(label)
@@ -213,8 +288,10 @@ def merge(store, model, found, carried, stats) -> dict:
     write_atomic(out / "predictions.fits", lambda p: smerge.write_fits(p, t))
   else:
     (out / "predictions.fits").unlink(missing_ok=True)  # a stale copy would mislead
-  errors += [(p, f"refused: {reason}") for _, p, reason in found.refused]
-  write_atomic(out / "errors.csv", lambda p: smerge.write_csv(p, ["file", "reason"], errors))
+  errors += [(p, "", f"refused: {reason}") if ids else (p, f"refused: {reason}")
+             for _, p, reason in found.refused]
+  header = ["file", "id", "reason"] if ids else ["file", "reason"]
+  write_atomic(out / "errors.csv", lambda p: smerge.write_csv(p, header, errors))
   about = model.meta.get("about") or {}
   summary = {
       "n_inputs": store.n_inputs + len(found.refused), "n_classified": n_rows,
@@ -225,6 +302,9 @@ def merge(store, model, found, carried, stats) -> dict:
       "n_refused_rows": len(found.refused), "n_missing_files": found.missing,
       "predictions_fits": n_rows <= FITS_MAX_ROWS,
   }
+  if ids:  # stars: each one row of predictions or of errors (id empty: a whole file)
+    summary["id_column"] = list(ids)
+    summary["n_stars"] = n_rows + sum(1 for e in errors if e[1])
   if label:
     summary["label_column"] = label
     summary["labels_vs_predicted"] = versus

@@ -32,6 +32,9 @@ def define_flags():
                   "first mag* or *mag column (MagR in UPSILoN's .time files).")
   f.DEFINE_string("err_column", None, "Magnitude-error column; default: the error column "
                   "after the magnitude, or err/magerr/sigma/...; none: std(mag) is used.")
+  f.DEFINE_string("id_column", None, "Column(s) naming the star of each row, for files "
+                  "holding many stars (e.g. MACHO's fieldid,tileid,seqn): each star is then "
+                  "one row of predictions or errors, its id the values joined by '.'.")
   f.DEFINE_float("max_file_mb", 64.0, "Larger files (also once decompressed) are errors.")
   f.DEFINE_string("out", "astrotl-lightcurves", "Output folder.")
   f.DEFINE_integer("batch_size", 256, "Curves per network call.")
@@ -59,18 +62,20 @@ def main(argv):
         lightcurves=F.lightcurves, out=F.out, model=F.model, root=F.root,
         path_column=F.path_column, allow_outside_root=F.allow_outside_root,
         max_missing=F.max_missing, time_column=F.time_column, mag_column=F.mag_column,
-        err_column=F.err_column, max_file_mb=F.max_file_mb, batch_size=F.batch_size,
-        chunk_size=F.chunk_size, workers=F.workers, time_limit=F.time_limit,
-        progress=F.progress)
+        err_column=F.err_column, id_column=F.id_column, max_file_mb=F.max_file_mb,
+        batch_size=F.batch_size, chunk_size=F.chunk_size, workers=F.workers,
+        time_limit=F.time_limit, progress=F.progress)
   except (clc.InputError, clc.OutputError, bundle.BundleError, FileNotFoundError) as e:
     cli.fail(PROG, str(e))
   except (clc.Interrupted, KeyboardInterrupt) as e:
     cli.interrupted(PROG, e, F.out)
   rate = s.get("curves_per_second")
   top = ", ".join(f"{c} {n}" for c, n in list(s["predicted_classes"].items())[:5])
-  print(f"{PROG}: {s['n_classified']} curves classified ({top or 'none'}), {s['n_errors']} "
+  # with --id_column a row is a star and the rate counts files
+  unit, per = ("stars", "files") if s.get("id_column") else ("curves", "curves")
+  print(f"{PROG}: {s['n_classified']} {unit} classified ({top or 'none'}), {s['n_errors']} "
         f"without a prediction (errors.csv); this run {s['files_this_run']} inputs in "
-        f"{s['seconds']:.1f} s" + (f" ({rate:.3g} curves/s)" if rate else "") + f" -> {F.out}")
+        f"{s['seconds']:.1f} s" + (f" ({rate:.3g} {per}/s)" if rate else "") + f" -> {F.out}")
   if s["too_many_missing"]:
     cli.fail(PROG, f"WARNING: {s['n_missing_files']} of {s['n_inputs']} catalog files were "
              f"not found (more than --max_missing={F.max_missing}); they are listed in "

@@ -1,4 +1,5 @@
-"""Light-curve readers: one star's file (`read_curve`), and labelled survey layouts.
+"""Light-curve readers: one star's file (`read_curve`), a file of many stars split by
+their id columns (`read_stars`), and labelled survey layouts.
 
 `read_curve(path)` reads a single-star light curve as astronomers have them: CSV or
 whitespace-separated ASCII with or without a header (plain or `#`-commented), UPSILoN's
@@ -7,6 +8,8 @@ or `time_column=` / `mag_column=` / `err_column=`), or taken as time, mag, err i
 order when there is no header.  Rows with a missing or flagged value are dropped (see
 `read_curve`); every other problem raises `LightCurveError` naming the file, what is wrong
 and what to do.  Only regular files are opened, and at most `max_bytes` are read.
+`read_stars(path, "fieldid,tileid,seqn")` reads a survey table holding many stars' rows the
+same way and yields (star id, (time, mag, err)) per star.
 
 The survey readers below each return `(stars, skipped)`: a list of `Star` and a list of
 (star id, reason) for entries that could not be parsed.  A Star's bands map a band name
@@ -209,12 +212,61 @@ def read_curve(path, time_column=None, mag_column=None, err_column=None,
   `.path` and `.reason`) for anything else: no such file, not a regular file (folders,
   pipes, devices are refused before reading), more than `max_bytes` (also once
   decompressed), damaged gzip, binary content, no usable column, a value that is not a
-  number, or no usable row.
+  number, or no usable row.  A file holding many stars' rows is read with `read_stars`.
   """
+  t, m, e, keep, _, why = _load(path, time_column, mag_column, err_column, (), max_bytes)
+  if not keep.any():
+    raise LightCurveError(path, f"no usable rows: all {len(t)} {why}")
+  return _kept(t, m, e, keep)
+
+
+def read_stars(path, id_column, time_column=None, mag_column=None, err_column=None,
+               max_bytes: int = MAX_BYTES):
+  """Yields (star id, (time, mag, err)) for each star of a file holding many stars' rows
+  (a survey's light-curve table, e.g. MACHO's fieldid,tileid,seqn,...,dateobs,rmag,rerr).
+
+  `id_column` names the column(s) that identify a star: a name or 0-based number, several
+  as a list or comma-separated ("fieldid,tileid,seqn").  A star's id is its values in
+  those columns as written in the file, joined by "." ("1.3441.1214"); its rows need not be
+  adjacent.  Stars come in the order of their first row.  The file is read and the
+  time/mag/err columns found (never among the id columns) as by `read_curve`, and each
+  star's flagged rows are dropped the same way; a star none of whose rows is usable is
+  yielded with empty arrays, so the caller can report it rather than lose it.  Raises
+  LightCurveError for the file as `read_curve` does, and for an id column it lacks
+  (naming the column and the file's columns) -- before the first star is yielded.
+  """
+  ids = id_columns(id_column)
+  t, m, e, keep, stars, _ = _load(path, time_column, mag_column, err_column, ids, max_bytes)
+  # group rows by star without a pass per star: stable sort by the star's number
+  _, first, inverse = np.unique(stars, return_index=True, return_inverse=True)
+  rows = np.argsort(inverse, kind="stable")
+  bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(first)))])
+  for k in np.argsort(first, kind="stable"):
+    r = rows[bounds[k]:bounds[k + 1]]
+    yield str(stars[first[k]]), _kept(t[r], m[r], None if e is None else e[r], keep[r])
+
+
+def id_columns(id_column) -> list:
+  """`id_column` as a list of column names/numbers: "fieldid,tileid,seqn" or a list."""
+  if isinstance(id_column, (int, np.integer)):
+    return [int(id_column)]
+  items = id_column.split(",") if isinstance(id_column, str) else list(id_column or ())
+  items = [c.strip() if isinstance(c, str) else c for c in items]
+  if not items or any(c == "" for c in items):
+    raise ValueError(f"id_column={id_column!r}: give one column name or number, or several "
+                     "separated by commas (fieldid,tileid,seqn)")
+  return items
+
+
+def _load(path, time_column, mag_column, err_column, ids, max_bytes):
+  """(t, m, e or None, usable-row mask, star ids (n,) str or None, why rows are unusable)
+  of a file: the parsing shared by read_curve and read_stars."""
   data = _read_bounded(path, max_bytes)
   table = _fits_table(path, data) if data.startswith(b"SIMPLE  =") else _text_table(path, data)
   names = table.names
-  ti, mi, ei = _find_columns(path, names, table.ncols, time_column, mag_column, err_column)
+  ii = [_index(path, c, table.ncols, names, "id_column") for c in ids]
+  ti, mi, ei = _find_columns(path, names, table.ncols, time_column, mag_column, err_column,
+                             skip=ii)
   label = (lambda i: repr(names[i])) if names else (lambda i: f"number {i}")
   use = [ti, mi] + ([ei] if ei is not None else [])
   t, m, *rest = table.columns(path, use, label)
@@ -223,35 +275,46 @@ def read_curve(path, time_column=None, mag_column=None, err_column=None,
     keep = np.isfinite(t) & np.isfinite(m) & (np.abs(m) < MISSING_MAG)
     if e is not None:
       keep &= np.isfinite(e) & (e >= 0)
-  if not keep.any():
-    raise LightCurveError(path, f"no usable rows: all {len(t)} miss a value or are flagged "
-                          f"(NaN, |mag| >= {MISSING_MAG:g} such as 99.999, or a negative "
-                          f"error) in columns {label(ti)}, {label(mi)}"
-                          + (f", {label(ei)}" if ei is not None else ""))
+  why = (f"miss a value or are flagged (NaN, |mag| >= {MISSING_MAG:g} such as 99.999, or a "
+         f"negative error) in columns {label(ti)}, {label(mi)}"
+         + (f", {label(ei)}" if ei is not None else ""))
+  stars = table.text(path, ii, label) if ii else None
+  return t, m, e, keep, stars, why
+
+
+def _kept(t, m, e, keep):
   if e is None:
     order = np.argsort(t[keep], kind="stable")
     return t[keep][order], m[keep][order], None
   return _curve(t[keep], m[keep], e[keep])
 
 
-def read_many(paths, max_bytes: int = MAX_BYTES, on_file=None, **columns):
+def read_many(paths, max_bytes: int = MAX_BYTES, on_file=None, id_column=None, **columns):
   """`read_curve` over `paths`: (index of each good file, [(time, mag, err)], metas,
   [(index, path, reason)] for each bad file), the contract of `io.batch.decode_many`, so
-  `scan.workers.DecodePool` can run it (pass `max_bytes` as its raw_len)."""
-  good, curves, errors = [], [], []
+  `scan.workers.DecodePool` can run it (pass `max_bytes` as its raw_len).  With
+  `id_column` each file is split by `read_stars`: a file's index is repeated once per star,
+  and each star's meta is {"id": star id}."""
+  good, curves, metas, errors = [], [], [], []
   for i, path in enumerate(paths):
     if on_file is not None:
       on_file(i)
     try:
-      curves.append(read_curve(path, max_bytes=max_bytes, **columns))
+      if id_column is None:
+        stars = [(None, read_curve(path, max_bytes=max_bytes, **columns))]
+      else:
+        stars = list(read_stars(path, id_column, max_bytes=max_bytes, **columns))
     except LightCurveError as e:
       errors.append((i, str(path), e.reason))
       continue
     except Exception as e:  # a reader bug must cost one file, not the run
       errors.append((i, str(path), f"unexpected {type(e).__name__}: {e}"))
       continue
-    good.append(i)
-  return good, curves, [{} for _ in good], errors
+    for star, curve in stars:
+      good.append(i)
+      curves.append(curve)
+      metas.append({} if star is None else {"id": star})
+  return good, curves, metas, errors
 
 
 def _read_bounded(path, max_bytes):
@@ -290,6 +353,11 @@ class _Columns:
   def columns(self, path, idx, label):
     return [_numbers(path, self.values[i], label(i)) for i in idx]
 
+  def text(self, path, idx, label):
+    """(n,) str: each row's values in columns `idx` joined by "." (a star's id)."""
+    parts = [_id_text(path, self.values[i], label(i)) for i in idx]
+    return parts[0] if len(parts) == 1 else np.array([".".join(p) for p in zip(*parts)])
+
 
 class _TextRows:
   """Rows of a text table, split into fields only when the fast parser fails."""
@@ -314,6 +382,18 @@ class _TextRows:
         raise LightCurveError(path, f"data row {k + 1} has {len(f)} fields, too few for column "
                               f"{label(need)}; the file may be truncated: fix or remove the row")
     return [_numbers(path, [f[i] for f in fields], label(i)) for i in idx]
+
+  def text(self, path, idx, label):
+    """(n,) str: each row's fields `idx` as written, joined by "." (a star's id)."""
+    need = max(idx)
+    out = []
+    for k, row in enumerate(self.rows):
+      f = self.split(row)
+      if len(f) <= need:
+        raise LightCurveError(path, f"data row {k + 1} has {len(f)} fields, too few for the "
+                              f"star id column {label(need)}; fix or remove the row")
+      out.append(".".join(f[i] for i in idx))
+    return np.array(out, dtype=str)
 
 
 def _is_number(token):
@@ -365,22 +445,26 @@ def _err_like(n):
   return n in ERR_ALIASES or "err" in n or n.startswith(("sig", "unc", "emag", "dmag", "ermag"))
 
 
-def _find_columns(path, names, ncols, time_column, mag_column, err_column):
-  """Indices (time, mag, err or None) of the columns to use."""
+def _find_columns(path, names, ncols, time_column, mag_column, err_column, skip=()):
+  """Indices (time, mag, err or None) of the columns to use; columns in `skip` (a star's
+  id columns) are never chosen by default."""
+  skip = tuple(skip)
   if names is None:
     given = [_index(path, c, ncols, None, flag) for c, flag in
              ((time_column, "time_column"), (mag_column, "mag_column"), (err_column, "err_column"))]
-    if ncols < 2 and (given[0] is None or given[1] is None):
-      raise LightCurveError(path, f"{ncols} column and no header; a light curve needs time, "
-                            "mag and (optionally) err columns")
-    ti = given[0] if given[0] is not None else 0
-    mi = given[1] if given[1] is not None else 1
-    ei = given[2] if given[2] is not None else (2 if ncols > 2 else None)
+    rest = [i for i in range(ncols) if i not in skip]   # time, mag, err in this order
+    if len(rest) < 2 and (given[0] is None or given[1] is None):
+      raise LightCurveError(path, f"{ncols} column{'s' if ncols != 1 else ''} and no header"
+                            + (f", {len(skip)} of them star ids" if skip else "")
+                            + "; a light curve needs time, mag and (optionally) err columns")
+    ti = given[0] if given[0] is not None else rest[0]
+    mi = given[1] if given[1] is not None else rest[1]
+    ei = given[2] if given[2] is not None else (rest[2] if len(rest) > 2 else None)
     return ti, mi, ei
   norm = [_norm(n) for n in names]
 
-  def first(test, skip=()):
-    return next((i for i, n in enumerate(norm) if i not in skip and test(n)), None)
+  def first(test, avoid=()):
+    return next((i for i, n in enumerate(norm) if i not in avoid + skip and test(n)), None)
 
   def need(i, what, looked, flag):
     if i is None:
@@ -403,12 +487,12 @@ def _find_columns(path, names, ncols, time_column, mag_column, err_column):
   need(mi, "magnitude", ", ".join(MAG_ALIASES) + ", mag*, *mag", "mag_column")
   ei = _index(path, err_column, ncols, names, "err_column")
   if ei is None:
-    if mi + 1 < ncols and _err_like(norm[mi + 1]):
+    if mi + 1 < ncols and mi + 1 not in skip and _err_like(norm[mi + 1]):
       ei = mi + 1
     else:
       ei = first(lambda n: n in ERR_ALIASES, (ti, mi))
     if ei is None:
-      errs = [i for i, n in enumerate(norm) if i not in (ti, mi) and _err_like(n)]
+      errs = [i for i, n in enumerate(norm) if i not in (ti, mi) + skip and _err_like(n)]
       if len(errs) > 1:
         raise LightCurveError(path, f"several error columns {[names[i] for i in errs]} and "
                               f"none follows the magnitude {names[mi]!r}; name one with "
@@ -434,6 +518,21 @@ def _index(path, column, ncols, names, flag):
   if not hits:
     raise LightCurveError(path, f"{flag}={column!r}: no such column; columns are {names}")
   return hits[0]
+
+
+def _id_text(path, values, label):
+  """A FITS column as id text: integers as written, integral floats without ".0"."""
+  values = np.asarray(values)
+  if values.ndim != 1:
+    raise LightCurveError(path, f"column {label} holds arrays of shape {values.shape[1:]} per "
+                          "row; a star id column must hold one value per row")
+  if values.dtype.kind == "f":
+    return np.array([str(int(v)) if np.isfinite(v) and v == int(v) else repr(float(v))
+                     for v in values], dtype=str)
+  if values.dtype.kind in "SO":
+    return np.array([v.decode("utf-8", "replace").strip() if isinstance(v, bytes)
+                     else str(v).strip() for v in values], dtype=str)
+  return values.astype(str)
 
 
 def _numbers(path, values, label):
