@@ -74,6 +74,25 @@ def test_tan_edge_cases_finite_and_in_unit_range():
     spectra.tan_normalise(flux[:, :100])
 
 
+def test_tan_robust_ignores_an_unmasked_spike():
+  """Median filter first: a spike up to 4 pixels wide cannot set the min-max scale (in
+  Tan's order it squeezes the spectrum flat); otherwise the same input as Tan's."""
+  flux, mask = _noisy_batch(bad_frac=0.0)
+  clean = spectra.network_input(flux, None, mask, {"normalise": "tan_robust"})
+  spiky = flux.copy()
+  level = np.median(np.abs(flux[:, :3700]), axis=-1)
+  for row, (at, width) in enumerate(((60, 1), (900, 2), (2000, 3), (3690, 4), (1500, 1))):
+    spiky[row, at:at + width] += 20 * level[row]
+  robust = spectra.network_input(spiky, None, mask, {"normalise": "tan_robust"})
+  np.testing.assert_allclose(robust, clean, atol=0.05)
+  tan = spectra.tan_normalise(spiky, mask)
+  assert np.median(np.ptp(tan[:, 100:3600], axis=-1)) < 0.2  # Tan's order squeezes it flat
+  # jitted jax gives the same, and a spike-free spectrum spans [0, 1] like Tan's
+  got = jax.jit(functools.partial(spectra.tan_normalise, xp=jnp, robust=True))(spiky, mask)
+  np.testing.assert_allclose(np.asarray(got), robust, atol=1e-6)
+  assert np.allclose(clean.min(-1), 0) and np.allclose(clean.max(-1), 1)
+
+
 def test_continuum_flat_for_smooth_spectrum_and_jax_equal():
   flux, mask = _noisy_batch()
   ivar = np.full_like(flux, 4.0)

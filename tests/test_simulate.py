@@ -172,3 +172,18 @@ def test_air_to_vacuum():
   # H-alpha and H-beta, air -> vacuum (NIST).
   np.testing.assert_allclose(simulate.air_to_vacuum([6562.79, 4861.35]), [6564.61, 4862.71],
                              atol=0.02)
+
+
+def test_blackbody_cut_lines_and_tilt():
+  from astrotl.preprocess import degrade
+  wave = spectra.wavelength_grid()
+  bb = simulate.blackbody(np.array([5000.0, 30000.0]), wave)
+  assert bb.shape == (2, wave.size) and np.allclose(np.median(bb, -1), 1.0)
+  assert bb[0, 0] < bb[0, -1] and bb[1, 0] > bb[1, -1]  # cool is red, hot is blue
+  # Wien peak of 5000 K at 5796 A
+  assert wave[np.argmax(bb[0])] == pytest.approx(2.8978e7 / 5000.0, rel=0.01)
+  line = 1 - 0.6 * np.exp(-0.5 * ((wave - 4862.7) / 30.0) ** 2)
+  cut = degrade.cut_lines(wave, line * bb[1])
+  np.testing.assert_allclose(cut, bb[1], rtol=0.02)  # the continuum is back
+  tilted = bb[1] * degrade.tilt(wave, 1.5)
+  assert tilted[-1] / tilted[0] == pytest.approx(bb[1, -1] / bb[1, 0] * (wave[-1] / wave[0]) ** 1.5)

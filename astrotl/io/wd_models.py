@@ -7,6 +7,10 @@ then one block per effective temperature: a header line
 arbitrary units).  `read_grid` stacks a directory of such files into one array;
 `python -m astrotl.io.wd_models SRC_DIR OUT.npz [WMIN WMAX]` writes the compact bundle
 that `astrotl.preprocess.simulate` ships.
+
+`read_koester_grid` reads D. Koester's own tables instead (one file per model,
+`da12000_800.dk.gz`: a FITS-like header, then vacuum wavelength and F_lambda), the format
+of the Koester DA and DB grids used to train the white-dwarf model (not shipped).
 """
 
 import gzip
@@ -94,6 +98,70 @@ def read_grid(directory, wmin=None, wmax=None):
       "logg": np.array([grids[i][2] for i in order]),
       "flux": np.stack([grids[i][3][:, keep] for i in order]).astype(np.float32),
   }
+
+
+# --- Koester's own table format (one file per model) ----------------------------------------
+
+_KOESTER_NAME = re.compile(r"d([a-z])(\d+)_(\d+)\.dk(\.gz)?")
+# Koester tables are finely sampled in the lines and coarsely between them; one common
+# log-wavelength grid, finer than the simulator's (2.5e-5 dex), holds them all.
+KOESTER_STEP = 1e-5
+
+
+def read_koester_file(path):
+  """One Koester model table (`da12000_800.dk[.gz]`) -> (teff, logg, wavelength, flux):
+  vacuum wavelengths (A) and F_lambda, as the file gives them."""
+  path = os.fspath(path)
+  opener = gzip.open if path.endswith(".gz") else open
+  head, rows = {}, []
+  try:
+    with opener(path, "rt") as f:
+      for line in f:
+        if line.startswith("END"):
+          break
+        if "=" in line[:10]:
+          key, _, value = line.partition("=")
+          head[key.strip()] = value.split("/")[0].strip().strip("'").strip()
+      rows = np.loadtxt(f, dtype=np.float64, ndmin=2)
+  except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
+    raise SpectrumError(path, f"cannot read Koester model table ({type(e).__name__}: {e})") from e
+  try:
+    teff, logg = float(head["TEFF"]), float(head["LOG_G"])
+  except (KeyError, ValueError) as e:
+    raise SpectrumError(path, "header lacks a numeric TEFF or LOG_G") from e
+  if rows.ndim != 2 or rows.shape[1] != 2 or len(rows) < 2:
+    raise SpectrumError(path, f"expected two columns (wavelength, F_lambda), got {rows.shape}")
+  wave, flux = rows[:, 0], rows[:, 1]
+  if np.any(np.diff(wave) <= 0) or not np.all(np.isfinite(flux)) or np.any(flux <= 0):
+    raise SpectrumError(path, "wavelengths must increase and fluxes be finite and > 0")
+  return teff, logg, wave, flux
+
+
+def read_koester_grid(directory, kind="da", wmin=3400.0, wmax=9800.0):
+  """The Koester tables of one kind ("da" or "db") in a directory -> the grid dict of
+  `read_grid`, with vacuum wavelengths and F_lambda (flags `vacuum` and `flambda`), each
+  table interpolated in log wavelength onto one grid of KOESTER_STEP dex in [wmin, wmax].
+  Every (logg, teff) pair of the grid must have its table."""
+  directory = pathlib.Path(directory)
+  files = sorted(p for p in directory.iterdir()
+                 if (m := _KOESTER_NAME.fullmatch(p.name)) and m.group(1) == kind[-1])
+  if not files:
+    raise SpectrumError(directory, f"no Koester tables named like d{kind[-1]}12000_800.dk[.gz]")
+  loglam = np.arange(np.log10(wmin), np.log10(wmax), KOESTER_STEP)
+  models = {}
+  for p in files:
+    teff, logg, wave, flux = read_koester_file(p)
+    if wave[0] > wmin or wave[-1] < wmax:
+      raise SpectrumError(p, f"covers {wave[0]:.0f}-{wave[-1]:.0f} A, not {wmin:g}-{wmax:g} A")
+    models[(round(logg, 4), teff)] = np.interp(loglam, np.log10(wave), flux).astype(np.float32)
+  loggs = sorted({k[0] for k in models})
+  teffs = sorted({k[1] for k in models})
+  missing = [(g, t) for g in loggs for t in teffs if (g, t) not in models]
+  if missing:
+    raise SpectrumError(directory, f"{len(missing)} (logg, teff) models missing, e.g. {missing[:3]}")
+  return {"wavelength": 10.0 ** loglam, "teff": np.array(teffs), "logg": np.array(loggs),
+          "flux": np.stack([np.stack([models[(g, t)] for t in teffs]) for g in loggs]),
+          "vacuum": True, "flambda": True}
 
 
 def main(argv):

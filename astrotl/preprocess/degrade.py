@@ -17,6 +17,8 @@ real validation spectra (HST CALSPEC, SDSS) go through exactly the same steps:
   only the missing variance is added.
 - `degrade`: a real LAMOST spectrum at a lower S/N, with extra noise of its own ivar shape.
 - `blur`: spectra on the grid at a lower resolving power.
+- `cut_lines`, `tilt`: the white-dwarf model's physics checks (a DA without its Balmer
+  lines; a DA under a bad flux calibration).
 
 The response.  LAMOST LRS fluxes are only relatively calibrated, and its stars are
 reddened; both multiply a spectrum by a smooth curve.  `response="empirical"` draws
@@ -219,3 +221,41 @@ def degrade(flux, ivar, mask, snr, rng, wavelength=None):
                                  wave_rows, ivar_present=ivar[rows])
     out_f[rows], out_v[rows], out_m[rows] = f, v, b
   return out_f, out_v, out_m, degraded
+
+
+# --- physics checks: what a white-dwarf classifier must and must not rely on ---------------
+
+# Balmer lines (vacuum A) and half-widths wide enough for a white dwarf's wings.
+BALMER_WINDOWS = ((6564.6, 150.0), (4862.7, 150.0), (4341.7, 120.0), (4102.9, 90.0),
+                  (3971.2, 60.0), (3890.2, 35.0))
+
+
+def cut_lines(wavelength, flux, windows=BALMER_WINDOWS, ivar=None):
+  """Spectra with every window (centre, half-width) replaced by the straight line between
+  its edges: a white dwarf without its lines.  Overlapping windows merge.  wavelength
+  (npix,) in A; flux (npix,) or (n, npix).  Returns float64 flux (and ivar unchanged)."""
+  wave = np.asarray(wavelength, np.float64)
+  out = np.array(flux, np.float64, ndmin=2)
+  spans = sorted((c - h, c + h) for c, h in windows)
+  merged = []
+  for lo, hi in spans:
+    if merged and lo <= merged[-1][1]:
+      merged[-1][1] = max(merged[-1][1], hi)
+    else:
+      merged.append([lo, hi])
+  for lo, hi in merged:
+    inside = np.flatnonzero((wave >= lo) & (wave <= hi))
+    if not inside.size:
+      continue
+    a, b = max(inside[0] - 1, 0), min(inside[-1] + 1, wave.size - 1)
+    t = (wave[inside] - wave[a]) / max(wave[b] - wave[a], 1e-9)
+    out[:, inside] = out[:, a, None] + (out[:, b, None] - out[:, a, None]) * t
+  out = out.reshape(np.shape(flux))
+  return out if ivar is None else (out, ivar)
+
+
+def tilt(wavelength, alpha, pivot=5500.0):
+  """Multiplicative curves (lambda / pivot)^alpha: (npix,) or (n, npix) for (n,) alpha.
+  A power-law tilt stands for a bad flux calibration or reddening."""
+  wave = np.asarray(wavelength, np.float64)
+  return (wave / pivot) ** np.asarray(alpha, np.float64)[..., None]

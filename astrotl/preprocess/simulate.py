@@ -24,8 +24,9 @@ models.  Steps, for each spectrum:
 Output pixels follow `spectra.resample`: flux and ivar float32, mask True = bad, and bad
 pixels carry flux 0 and ivar 0.
 
-Limits: pure-hydrogen DA atmospheres only -- no DB, DC, DQ, DZ or magnetic white dwarfs,
-and no cool (< 5000 K) featureless DAs beyond what the grid gives; no interstellar
+Limits: the bundled grid is pure hydrogen (DA); a Koester DB grid read with
+`wd_models.read_koester_grid` gives pure-helium DBs (and DO-like hot ones) the same way.
+No DQ, DZ or magnetic white dwarfs; cool models of either grid are line-less (DC-like); no interstellar
 reddening law (the response tilt stands in for it); the response is a crude
 low-order smooth function, not a model of LAMOST's fibre-to-fibre calibration; noise
 is Gaussian and independent per pixel, with no sky-line residuals, cosmic rays or
@@ -71,9 +72,12 @@ def air_to_vacuum(wave_air):
 def load_grid(source=None):
   """Model grid as dict(wavelength (air, A), teff, logg, flux (G, T, N)).
 
-  source: None for the bundled npz; a path to an npz of that layout; or a directory of
-  Koester/Warwick text files (see `astrotl.io.wd_models`).
+  source: None for the bundled npz; a path to an npz of that layout; a directory of
+  Koester/Warwick text files (see `astrotl.io.wd_models`); or a grid dict as those give
+  (`wd_models.read_koester_grid`: vacuum F_lambda, flagged `vacuum` and `flambda`).
   """
+  if isinstance(source, dict):
+    return source
   if source is None:
     ref = importlib.resources.files("astrotl") / "data" / "wd_models" / BUNDLED
     with importlib.resources.as_file(ref) as path:
@@ -110,15 +114,17 @@ class Simulator:
     self._fine0 = self.loglam[0] - _MARGIN
     nfine = int(round((self.loglam[-1] - self.loglam[0] + 2 * _MARGIN) / self._step)) + 1
     fine = self._fine0 + self._step * np.arange(nfine)
-    model_loglam = np.log10(air_to_vacuum(grid["wavelength"]))
+    wave = np.asarray(grid["wavelength"], np.float64)
+    model_loglam = np.log10(wave if grid.get("vacuum") else air_to_vacuum(wave))
     if model_loglam[0] > fine[0] or model_loglam[-1] < fine[-1]:
       raise ValueError(f"model grid {grid['wavelength'][0]:.0f}-{grid['wavelength'][-1]:.0f} A "
                        "does not cover the common grid plus RV margin")
     flux = grid["flux"].reshape(-1, model_loglam.size).astype(np.float64)
     if not np.all(np.isfinite(flux)) or np.any(flux <= 0):
       raise ValueError("model fluxes must be finite and positive")
-    # The Koester-format files hold flux per unit frequency; surveys give F_lambda.
-    flux = flux / (10.0 ** model_loglam) ** 2
+    if not grid.get("flambda"):
+      # The Warwick files hold flux per unit frequency; surveys give F_lambda.
+      flux = flux / (10.0 ** model_loglam) ** 2
     fine_flux = np.stack([np.interp(fine, model_loglam, f) for f in flux])
     sigma = 1.0 / (self.resolution * 2 * np.sqrt(2 * np.log(2)) * np.log(10)) / self._step
     fine_flux = scipy.ndimage.gaussian_filter1d(fine_flux, sigma, axis=-1, mode="nearest",
@@ -296,6 +302,21 @@ class Simulator:
     out["template_index"] = tmpl_index
     out["companion_index"] = comp_index
     return out
+
+
+# --- featureless continua ---------------------------------------------------------------
+
+HC_OVER_K = 1.4387769e8  # h c / k in A K
+
+
+def blackbody(teff, wavelength=None):
+  """Planck F_lambda at temperature(s) `teff` (K, scalar or (n,)) on `wavelength` (A,
+  default the common grid), each scaled to median 1: (npix,) or (n, npix) float64."""
+  wave = spectra.wavelength_grid() if wavelength is None else np.asarray(wavelength, np.float64)
+  t = np.asarray(teff, np.float64)
+  x = np.minimum(HC_OVER_K / (wave * t[..., None]), 700.0)  # exp overflows past ~709
+  f = (wave / 5500.0) ** -5 / np.expm1(x)
+  return f / np.median(f, axis=-1, keepdims=True)
 
 
 # --- response and noise (shared with astrotl.preprocess.degrade) ---------------------------

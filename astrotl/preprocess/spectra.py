@@ -251,7 +251,7 @@ def median_filter(x, width: int = TAN_MEDIAN_WIDTH, xp=np):
 
 
 def tan_normalise(flux, mask=None, xp=np, npix: int = TAN_NPIX,
-                  width: int = TAN_MEDIAN_WIDTH):
+                  width: int = TAN_MEDIAN_WIDTH, robust: bool = False):
   """Tan et al. (2023) input: first `npix` grid pixels, min-max to [0, 1], median filter.
 
   Bad pixels (mask True or non-finite) are first filled by interpolation from their good
@@ -259,16 +259,23 @@ def tan_normalise(flux, mask=None, xp=np, npix: int = TAN_NPIX,
   are noise around zero flux and min-max maps them into range like any other value.  A
   constant or fully masked spectrum gives all zeros rather than NaN.  Returns float32
   (..., npix) in [0, 1].
+
+  robust: median filter first, then min-max (input "tan_robust").  In Tan's order one
+  cosmic ray or sky-line residual sets the maximum and squeezes the rest of the spectrum
+  nearly flat; filtered first, a spike up to width // 2 pixels wide is gone before the
+  scaling.  Same values otherwise (min-max is monotonic, so it commutes with the median).
   """
   if flux.shape[-1] < npix:
     raise ValueError(f"tan_normalise needs >= {npix} pixels, got {flux.shape[-1]}")
   flux = xp.asarray(flux)[..., :npix]
   mask = xp.zeros(flux.shape, bool) if mask is None else xp.asarray(mask)[..., :npix]
   f = fill_masked(flux, mask, xp)
+  if robust:
+    f = median_filter(f, width, xp)
   lo = xp.min(f, axis=-1, keepdims=True)
   span = xp.max(f, axis=-1, keepdims=True) - lo
-  scaled = xp.where(span > 0, (f - lo) / xp.where(span > 0, span, 1.0), 0.0)
-  return median_filter(scaled.astype(xp.float32), width, xp)
+  scaled = xp.where(span > 0, (f - lo) / xp.where(span > 0, span, 1.0), 0.0).astype(xp.float32)
+  return scaled if robust else median_filter(scaled, width, xp)
 
 
 def continuum_normalise(flux, ivar, mask=None, xp=np, block: int = CONTINUUM_BLOCK):
@@ -394,20 +401,22 @@ def binned(a, size: int, xp=np):
   return a[..., :n].reshape(a.shape[:-1] + (-1, size)).mean(-1)
 
 
-INPUTS = ("tan", "continuum")
+INPUTS = ("tan", "tan_robust", "continuum")
 
 
 def network_input(flux, ivar, mask, spec: dict, xp=np):
   """Network input from spectra on the common grid, as a model bundle's `input` says.
 
   spec: {"normalise": "tan", "pixels": 3700} (Tan et al.: first pixels, min-max, median
-  filter) or {"normalise": "continuum", "clip": [lo, hi], "bin": 2} (Wang et al.: divided
+  filter), {"normalise": "tan_robust", ...} (the same, median filter first: spikes cannot
+  set the scale) or {"normalise": "continuum", "clip": [lo, hi], "bin": 2} (Wang et al.: divided
   by a smooth continuum, clipped, binned).  Training, the scan and `load_model().predict`
   all call this, so a model always sees what it was trained on.
   """
   kind = spec.get("normalise", "tan")
-  if kind == "tan":
-    return tan_normalise(flux, mask, xp, npix=int(spec.get("pixels", TAN_NPIX)))
+  if kind in ("tan", "tan_robust"):
+    return tan_normalise(flux, mask, xp, npix=int(spec.get("pixels", TAN_NPIX)),
+                         robust=kind == "tan_robust")
   if kind == "continuum":
     x, _ = continuum_normalise(flux, ivar, mask, xp)
     if spec.get("clip") is not None:
