@@ -54,6 +54,14 @@ def column_name(name: str) -> str:
   return out if out and not out[0].isdigit() else f"c_{out}"
 
 
+def to_prior(p, prior, new_prior):
+  """Probabilities p, calibrated for a mix with a fraction `prior` of the positive class,
+  moved to a mix with `new_prior` by Bayes' rule (the likelihood ratio is unchanged)."""
+  p = np.asarray(p, np.float64)
+  odds = p / np.maximum(1.0 - p, 1e-12) * (new_prior / (1 - new_prior)) / (prior / (1 - prior))
+  return (odds / (1.0 + odds)).astype(np.float32)
+
+
 class Network:
   """One network of a bundle: a registry model, its variables and what its outputs mean."""
 
@@ -72,6 +80,10 @@ class Network:
     if self.output == "regression" and not self.targets:
       self.targets = ["value"]
     self.temperature = float(meta.get("temperature", 1.0))
+    for key in ("prior", "survey_prior"):
+      v = meta.get(key)
+      if v is not None and not (isinstance(v, (int, float)) and 0 < v < 1):
+        raise BundleError(f"network {name!r}: {key} must be a fraction in (0, 1), got {v!r}")
     self.scale = np.asarray(meta.get("scale", [[0.0, 1.0]] * len(self.targets)), np.float32)
     try:
       self.model = models.get(meta["model"], **meta.get("config", {}))
@@ -95,6 +107,12 @@ class Network:
   def embedding_width(self) -> int:
     """D of the network's embedding: what its `head` (every model names it so) sees."""
     return int(np.shape(self.variables["params"]["head"]["kernel"])[0])
+
+  def survey_priors(self):
+    """(training prior, survey prior) of the positive class when the bundle states both
+    (a two-stage model's second network), else None."""
+    prior, survey = self.meta.get("prior"), self.meta.get("survey_prior")
+    return None if prior is None or survey is None else (float(prior), float(survey))
 
   def describe(self):
     return {**self.meta, "classes": self.classes} if self.output == "classes" else self.meta
@@ -168,7 +186,13 @@ class Model:
       if two and i == 1:
         pos = net.meta.get("positive", net.classes[-1])
         out[f"p_{column_name(pos).lower()}"] = (
-            f"calibrated probability of {pos} from network {net.name}", "")
+            f"calibrated probability of {pos} from network {net.name}"
+            + (f", for the training mix ({net.meta['prior']:.3g} {pos})"
+               if net.survey_priors() else ""), "")
+        if net.survey_priors():
+          out[f"p_{column_name(pos).lower()}_survey"] = (
+              f"probability of {pos} for a survey with {net.meta['survey_prior']:.3g} {pos} "
+              "(Bayes' rule from the training mix)", "")
         continue
       prefix = "p1_" if two else "p_"
       for c in net.classes:
@@ -199,7 +223,10 @@ class Model:
           cols[column_name(t)] = values[:, j]
       elif two and i == 1:
         pos = net.meta.get("positive", net.classes[-1])
-        cols[f"p_{column_name(pos).lower()}"] = values[:, net.classes.index(pos)]
+        p = values[:, net.classes.index(pos)]
+        cols[f"p_{column_name(pos).lower()}"] = p
+        if net.survey_priors():
+          cols[f"p_{column_name(pos).lower()}_survey"] = to_prior(p, *net.survey_priors())
       else:
         prefix = "p1_" if two else "p_"
         for j, c in enumerate(net.classes):

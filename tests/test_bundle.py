@@ -46,6 +46,28 @@ def test_predict_takes_files_spectra_and_arrays_alike(tiny_bundles):
   assert cams.shape == (2, 3700) and np.all((cams >= 0) & (cams <= 1))
 
 
+def test_survey_prior_column_is_bayes_rule_from_the_training_mix(tmp_path, tiny_bundles):
+  """A two-stage bundle stating its training prior and a survey prior gives p_wd_survey:
+  the same likelihood ratio under the survey's white-dwarf fraction."""
+  trees, meta = checkpoint.load_bundle(tiny_bundles["shared"])
+  meta["networks"]["stage2"].update(prior=0.2, survey_prior=0.0005)
+  path = tmp_path / "priors.npz"
+  checkpoint.save_bundle(path, trees, meta)
+  m = bundle.load_model(path)
+  assert "p_wd_survey" in m.columns() and "0.0005" in m.columns()["p_wd_survey"][0]
+  t = m.predict(_files(3))
+  odds = t["p_wd"] / (1 - t["p_wd"]) * (0.0005 / 0.9995) / (0.2 / 0.8)
+  np.testing.assert_allclose(t["p_wd_survey"], odds / (1 + odds), rtol=1e-4)
+  assert np.all(t["p_wd_survey"] < t["p_wd"])
+  np.testing.assert_allclose(bundle.to_prior(np.array([0.5]), 0.3, 0.3), [0.5], rtol=1e-6)
+  meta["networks"]["stage2"]["prior"] = 1.5
+  checkpoint.save_bundle(path, trees, meta)
+  with pytest.raises(bundle.BundleError, match="prior must be a fraction"):
+    bundle.load_model(path)
+  # a bundle without priors has no survey column
+  assert "p_wd_survey" not in bundle.load_model(tiny_bundles["shared"]).columns()
+
+
 def test_unreadable_inputs_are_listed_not_dropped(tmp_path, tiny_bundles):
   m = bundle.load_model(tiny_bundles["classifier"])
   bad = tmp_path / "bad.fits"
