@@ -6,7 +6,8 @@
 - SDSS QSOs and galaxies (`real_wd_validation/sdss_qso_galaxies`) and the SDSS BOSS white
   dwarf (`sdss_boss`); files of one object (within 3") share its name.
 - LAMOST LRS stars (`spectra/index.csv`), restricted to a split of the lamost_lrs `mirror`
-  dataset (the split wd_search.py trains and tests on) or to a list of files.
+  dataset (the split wd_search.py trains and tests on) or to a list of files; with split
+  "all" or a list, also the LAMOST DR10 A/F/G stars of `spectra/lamost_dr10_afg`.
 """
 
 import csv
@@ -20,6 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CALSPEC = "spectra/real_wd_validation/calspec_hst"
 SDSS_OTHERS = "spectra/real_wd_validation/sdss_qso_galaxies"
 SDSS_WD = "spectra/sdss_boss/spec-4455-55539-0692.fits.gz"
+DR10 = "lamost_dr10_afg"  # real LAMOST DR10 A/F/G stars with their own index.csv
 SDSS_R = 2000.0  # BOSS wdisp gives R = 1700-2250 (experiments/wd_simulator_check.py)
 
 # Objects no white-dwarf model is ever trained on (wd_search.py leaves them out of every
@@ -126,10 +128,30 @@ def lamost_files(data_dir, split="test", files=None) -> list:
     out.append({"path": pathlib.Path(s.path), "file": s.key, "object": s.key,
                 "class": s.labels.get("class"), "subclass": s.labels.get("subclass"),
                 "split": which})
+  for row in lamost_dr10_files(data_dir):
+    if (keep is not None and _base(row["path"].name) in keep) or (keep is None and split == "all"):
+      out.append(row)
   if keep is not None and len(out) < len(keep):
     found = {_base(r["path"].name) for r in out}
     raise FileNotFoundError(f"{files}: {len(keep - found)} listed files are not LAMOST files "
                             f"under {root}, e.g. {sorted(keep - found)[:3]}")
+  return out
+
+
+def lamost_dr10_files(data_dir) -> list:
+  """The LAMOST DR10 A/F/G stars (spectra/lamost_dr10_afg, outside the lamost_lrs mirror's
+  catalog) as `lamost_files` rows (split "dr10"), with designation, Teff, log g and [Fe/H]
+  of the DR10 stellar pipeline.  Empty when the folder is not there."""
+  root = pathlib.Path(data_dir) / "spectra" / DR10
+  if not (root / "index.csv").exists():
+    return []
+  out = []
+  with open(root / "index.csv", newline="") as f:
+    for r in csv.DictReader(f):
+      key = f"{DR10}/{r['file']}"
+      out.append({"path": root / r["file"], "file": key, "object": key, "class": r["class"],
+                  "subclass": r["subclass"], "split": "dr10", "designation": r["designation"],
+                  **{k: float(r[k]) if r[k] else float("nan") for k in ("teff", "logg", "feh")}})
   return out
 
 

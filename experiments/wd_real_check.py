@@ -98,7 +98,9 @@ def define_flags():
   f.DEFINE_string("lamost_files", None, "Text/CSV file listing the LAMOST files to use.")
   f.DEFINE_string("response", "empirical", "Instrument response: empirical, none, or a "
                   "float (the simulator's Legendre sigma).")
-  f.DEFINE_float("wd_fraction", 0.005, "White-dwarf fraction of the scanned spectra.")
+  f.DEFINE_list("wd_fraction", ["0.005", "0.0005"], "White-dwarf fractions of the scanned "
+                "spectra: 0.5% in Tan et al.'s pre-selected 1.12 M spectra, about 0.05% over "
+                "a whole LAMOST survey (Guo et al. 2022: ~2,900 in DR5's ~9 M).")
   f.DEFINE_string("population", POPULATION, "class:fraction of the non-WD spectra.")
   f.DEFINE_string("wd_mix", WD_MIX, "subtype:fraction of the white dwarfs.")
   f.DEFINE_string("snr_mix", None, "snr:fraction over --snrs (default: the snrg column of "
@@ -106,6 +108,7 @@ def define_flags():
   f.DEFINE_list("min_snr", ["10"], "Rule variants: also report a minimum-S/N rule at these.")
   f.DEFINE_integer("mc", 20000, "Monte Carlo draws for the purity interval.")
   f.DEFINE_integer("batch_size", 256, "Spectra per device step (as the scan).")
+  f.DEFINE_integer("spikes", 3, "Copies of each real LAMOST star with one injected spike.")
 
 
 # --- all contact with the scan ------------------------------------------------------------
@@ -196,12 +199,17 @@ def converted(spec, snrs, draws, seed, templates, response, observed=None, resol
   reaches.  Returns (its own S/N, [(snr, flux, ivar, mask)]) with (draws, npix) arrays."""
   f, v, m = degrade.to_grid(spec.wavelength, spec.flux, spec.ivar, spec.mask, observed,
                             resolution)
-  own = spectra.snr(f, v, m)
+  return converted_grid(spec.meta["file"], f, v, m, snrs, draws, seed, templates, response)
+
+
+def converted_grid(name, f, v, m, snrs, draws, seed, templates, response):
+  """`converted` for a spectrum already on the grid (v None: noise-free, e.g. a model)."""
+  own = np.inf if v is None else spectra.snr(f, v, m)
   out = []
   for snr in snrs:
     if not own >= snr:
       continue
-    rng = rng_for(seed, spec.meta["file"], snr)
+    rng = rng_for(seed, name, snr)
     tmpl = templates[rng.integers(0, len(templates), draws)]
     out.append((snr,) + degrade.lamost_like(None, f, rng, np.full(draws, float(snr)), tmpl,
                                             mask=m, ivar=v, response=response))
@@ -223,6 +231,69 @@ def lamost_draws(path, snrs, draws, seed):
                                  raw["mask"], snr, rng_for(seed, path.name, snr), wave)
     rows.append((snr, np.repeat(raw["u"][None], draws, 0), f, v, m))
   return own, meta, rows
+
+
+def spiked(native, n, rng):
+  """n copies of a star's native raw arrays (u, flux, ivar, mask: (1, m)), each with one
+  unmasked spike 5-20x its median flux, 1-3 pixels wide, somewhere in the network's
+  pixels (a cosmic ray or a sky-line residual)."""
+  u, f, v, m = (np.repeat(a, n, 0) for a in native)
+  f = f.astype(np.float64)
+  inside = np.flatnonzero((u[0] < spectra.TAN_NPIX) & ~m[0])
+  level = np.median(np.abs(f[0, inside])) if inside.size else 1.0
+  for i in range(n):
+    w = int(rng.integers(1, 4))
+    at = inside[rng.integers(0, max(inside.size - w, 1))] if inside.size else 0
+    f[i, at:at + w] += rng.uniform(5.0, 20.0) * level
+  return u, f.astype(np.float32), v, m
+
+
+PHYSICS_DA = ("WD DA lines cut", "WD DA tilted +1.5", "WD DA tilted -1.5")
+PHYSICS_SYNTHETIC = ("synthetic blackbody 12-40 kK", "synthetic power law or flat",
+                     "WD DC (Koester models)")
+
+
+def physics(data, snrs, draws, templates, response, bundle_for, add):
+  """The physics checks of the white-dwarf model, as rows like the others:
+  - every CALSPEC DA with its Balmer lines cut out (`degrade.cut_lines`), and tilted by
+    (lambda / 5500 A)^+-1.5, each scored by the model that never saw that DA;
+  - featureless blackbodies (12,000-40,000 K) and power laws F_lambda ~ lambda^-3..+1
+    (0 = flat), and line-less cool Koester models (DC white dwarfs: DA 4,000-5,000 K,
+    DB 8,000-11,000 K), scored by --model."""
+  from astrotl.io import calspec, wd_models
+  wave = spectra.wavelength_grid()
+  for row in real_spectra.calspec_files(data):
+    if row["group"] != "WD" or row["subtype"] != "DA":
+      continue
+    spec = calspec.read(row["path"])
+    f, v, m = degrade.to_grid(spec.wavelength, spec.flux, spec.ivar, spec.mask, row["observed"])
+    curves = {"WD DA lines cut": np.ones_like(f), "WD DA tilted +1.5": degrade.tilt(wave, 1.5),
+              "WD DA tilted -1.5": degrade.tilt(wave, -1.5)}
+    for label in PHYSICS_DA:
+      g = degrade.cut_lines(wave, f) if label.endswith("cut") else f * curves[label]
+      _, outs = converted_grid(f"{row['file']}:{label}", g, v / curves[label] ** 2, m, snrs,
+                               draws, FLAGS.seed, templates, response)
+      for snr, ff, vv, mm in outs:
+        add(bundle_for(row["object"]), {"source": "CALSPEC", "label": label,
+                                        "object": row["object"], "file": row["file"],
+                                        "subtype": "DA", "snr": snr}, None, ff, vv, mm)
+  models = {f"blackbody {t:g} K": simulate.blackbody(t, wave)
+            for t in (12000, 15000, 20000, 25000, 30000, 40000)}
+  models.update({f"power law {b:+g}": degrade.tilt(wave, b) for b in (-3, -2, -1, 0, 1)})
+  for kind, teffs in (("da", (4000, 4500, 5000)), ("db", (8000, 9500, 11000))):
+    path = data / "spectra" / "wd_models" / f"koester_{kind}"
+    if path.is_dir():
+      sim = simulate.Simulator(wd_models.read_koester_grid(path, kind))
+      models.update({f"D{kind[-1].upper()} {t} K log g 8": sim.model(t, 8.0) for t in teffs})
+  for name, model in models.items():
+    label = PHYSICS_SYNTHETIC[0 if name.startswith("black") else 1 if name.startswith("power")
+                              else 2]
+    _, outs = converted_grid(name, model, None, None, snrs, draws, FLAGS.seed, templates,
+                             response)
+    for snr, ff, vv, mm in outs:
+      add(FLAGS.model or "wd_two_stage", {"source": "synthetic", "label": label,
+                                          "object": name, "file": name, "subtype": "",
+                                          "snr": snr}, None, ff, vv, mm)
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -269,8 +340,9 @@ def snr_mix_from_catalog(path, snrs):
 
 def purity(cells, snrs, population, wd_fraction, wd_mix, snr_mix, n_mc, seed, min_snr=0.0,
            veto=(), pool=None):
-  """Expected purity and completeness of a scan with this mix; point value and a Monte
-  Carlo 95% interval over Jeffreys Beta posteriors of every rate (n = objects).
+  """Expected purity, false-positive rate and completeness of a scan with this mix: the
+  median and 95% interval of a Monte Carlo over Jeffreys Beta posteriors of every rate
+  (n = objects).
 
   cells: {row label: {snr: cell}}.  A class missing at some S/N takes its nearest measured
   S/N.  min_snr: spectra below it are never candidates.  veto: classes the survey CLASS
@@ -292,47 +364,46 @@ def purity(cells, snrs, population, wd_fraction, wd_mix, snr_mix, n_mc, seed, mi
     k, n = c["rate"] * c["n_objects"], c["n_objects"]
     return c["rate"], rng.beta(k + 0.5, n - k + 0.5, n_mc), s
 
-  wd_point, wd_mc, unmeasured = 0.0, np.zeros(n_mc), []
+  wd_mc, unmeasured = np.zeros(n_mc), []
   for sub, frac in wd_mix.items():
     if rate_draws(f"WD {sub}", 1.0)[0] is None:
       unmeasured.append(f"WD {sub}")
       continue
     for s, w in weight.items():
-      p, d, _ = rate_draws(f"WD {sub}", s)
-      wd_point += frac * w * p
-      wd_mc += frac * w * d
+      wd_mc += frac * w * rate_draws(f"WD {sub}", s)[1]
   other = (1 - wd_fraction)
-  fp_point, fp_mc, by_class, fallback = 0.0, np.zeros(n_mc), {}, []
+  fp_mc, by_class, fallback = np.zeros(n_mc), {}, []
   for cls, frac in population.items():
     if cls in veto:
-      by_class[cls] = 0.0
+      by_class[cls] = np.zeros(n_mc)
       continue
     source = pool if pool and cls in LAMOST_LETTERS else SOURCE_OF[cls]
     if rate_draws(source, 1.0)[0] is None:
       unmeasured.append(cls)
       continue
-    point = 0.0
+    mc = np.zeros(n_mc)
     for s, w in weight.items():
-      p, d, used = rate_draws(source, s)
+      _, d, used = rate_draws(source, s)
       if used != s:
         fallback.append(f"{cls} at S/N {s:g} uses S/N {used:g}")
-      point += w * p
-      fp_mc += other * frac * w * d
-    fp_point += other * frac * point
-    by_class[cls] = other * frac * point
-  tp_point, tp_mc = wd_fraction * wd_point, wd_fraction * wd_mc
+      mc += other * frac * w * d
+    fp_mc += mc
+    by_class[cls] = mc
+  tp_mc = wd_fraction * wd_mc
   pur_mc = tp_mc / np.maximum(tp_mc + fp_mc, 1e-300)
+
+  def summary(x):
+    return {"median": float(np.median(x)), "95": np.percentile(x, [2.5, 97.5]).tolist()}
+
+  # Medians of the Monte Carlo draws, never plug-in values: with few objects per cell a
+  # plug-in rate can fall outside its own interval.
   return {
-      "false_positive_rate": {"value": fp_point / other,
-                              "95": np.percentile(fp_mc / other, [2.5, 97.5]).tolist()},
-      "purity": tp_point / (tp_point + fp_point) if tp_point + fp_point > 0 else float("nan"),
-      "purity_mc_median": float(np.median(pur_mc)),
-      "purity_95": np.percentile(pur_mc, [2.5, 97.5]).tolist(),
-      "completeness": wd_point, "completeness_95": np.percentile(wd_mc, [2.5, 97.5]).tolist(),
-      "candidates_per_million": {"white dwarfs": 1e6 * tp_point,
-                                 **{k: 1e6 * v for k, v in by_class.items()}},
-      "min_snr": min_snr, "veto": list(veto), "pool": pool, "snr_fallbacks": fallback,
-      "left_out_unmeasured": unmeasured}
+      "false_positive_rate": summary(fp_mc / other), "purity": summary(pur_mc),
+      "completeness": summary(wd_mc),
+      "candidates_per_million": {"white dwarfs": 1e6 * float(np.median(tp_mc)),
+                                 **{k: 1e6 * float(np.median(v)) for k, v in by_class.items()}},
+      "wd_fraction": wd_fraction, "min_snr": min_snr, "veto": list(veto), "pool": pool,
+      "snr_fallbacks": fallback, "left_out_unmeasured": unmeasured}
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -417,6 +488,7 @@ def main(argv):
     for snr, f, v, m in outs:
       add(bundle, {"source": "SDSS", "label": label, "object": row["object"],
                    "file": row["file"], "subtype": row["subtype"], "snr": snr}, None, f, v, m)
+  physics(data, snrs, draws, templates, response, bundle_for, add)
   lamost = real_spectra.lamost_files(data, FLAGS.lamost_split, FLAGS.lamost_files)
   for row in lamost:
     own, meta, outs = lamost_draws(row["path"], lamost_snrs, draws, FLAGS.seed)
@@ -429,6 +501,11 @@ def main(argv):
     for snr, u, f, v, m in outs:
       add(bundle, {"source": "LAMOST", "label": label, "object": row["file"],
                    "file": row["file"], "subtype": row["subclass"] or "", "snr": snr},
+          u, f, v, m)
+    if label[7:] in LAMOST_LETTERS and FLAGS.spikes:
+      u, f, v, m = spiked(outs[0][1:], FLAGS.spikes, rng_for(FLAGS.seed, row["file"], 0))
+      add(bundle, {"source": "LAMOST", "label": "LAMOST A-M spiked", "object": row["file"],
+                   "file": row["file"], "subtype": row["subclass"] or "", "snr": "native"},
           u, f, v, m)
   for bundle in list(pending):
     flush(bundle, force=True)
@@ -455,8 +532,10 @@ def main(argv):
          "veto": tuple((model.rule or {}).get("veto") or ())}
   variants[OWN_RULE] = own
   variants[OWN_RULE_POOLED] = dict(own, pool=POOLED_STARS)
-  purities = {name: purity(cells, snrs, population, FLAGS.wd_fraction, wd_mix, snr_mix,
-                           FLAGS.mc, FLAGS.seed, **kw) for name, kw in variants.items()}
+  purities = {f"{float(frac):g}": {
+      name: purity(cells, snrs, population, float(frac), wd_mix, snr_mix, FLAGS.mc,
+                   FLAGS.seed, **kw) for name, kw in variants.items()}
+      for frac in FLAGS.wd_fraction}
   command = " ".join(["python experiments/wd_real_check.py"] + sys.argv[1:])
   if set(cv) - cv_used:
     logging.warning("--cv names no object here: %s", sorted(set(cv) - cv_used))
@@ -473,7 +552,8 @@ def main(argv):
       "intervals": "Wilson 95% with n = objects; each object's rate = fraction of its draws "
                    "flagged (draws of one object are correlated, so objects are the units)",
       "cells": cells, "own_snr": own_snr,
-      "population": {"wd_fraction": FLAGS.wd_fraction, "classes": population,
+      "population": {"wd_fractions": [float(f) for f in FLAGS.wd_fraction],
+                     "classes": population,
                      "wd_mix": wd_mix, "snr_mix": snr_mix, "snr_mix_source": snr_source,
                      "sources": POPULATION_SOURCES, "rates_from": SOURCE_OF},
       "purity": purities, "n_spectra": len(rows), "seconds": time.time() - t0,
@@ -568,6 +648,14 @@ def markdown(res):
     if label in cells:
       lines.append(f"| {label[3:]} | " + " | ".join(_fmt(cells[label].get(s), draws)
                                                     for s in snrs) + " |")
+  lines += ["", "**Physics checks** (fraction of draws that are candidates; DAs: each by the "
+            "model that never saw it; synthetic: the shipped model)", "",
+            "| check | " + " | ".join(f"S/N {s:g}" for s in snrs) + " | native S/N |",
+            "|---|" + "---|" * (len(snrs) + 1)]
+  for label in PHYSICS_DA + PHYSICS_SYNTHETIC + ("LAMOST A-M (all)", "LAMOST A-M spiked"):
+    if label in cells:
+      lines.append(f"| {label} | " + " | ".join(_fmt(cells[label].get(s), draws)
+                                                for s in list(snrs) + ["native"]) + " |")
   cols = ["native"] + sorted(set(snrs) | set(lsnrs))
   lines += ["", "**False-positive rate** (LAMOST rows: real stars; CALSPEC/SDSS rows: "
             "made LAMOST-like)", "",
@@ -579,27 +667,30 @@ def markdown(res):
       lines.append(f"| {label} | " + " | ".join(_fmt(cells[label].get(s), draws)
                                                 for s in cols) + " |")
   pop = res["population"]
-  lines += ["", f"**Expected DR9 scan** at a white-dwarf fraction of {pop['wd_fraction']:.1%} "
-            f"(WD subtypes {pop['wd_mix']}; S/N mix "
+  lines += ["", f"**Expected DR9 scan** (WD subtypes {pop['wd_mix']}; S/N mix "
             + ", ".join(f"{s:g}: {w:.1%}" for s, w in pop["snr_mix"].items())
             + "; classes " + ", ".join(f"{k} {v:.2%}" for k, v in pop["classes"].items())
-            + "). 95% intervals: Monte Carlo over the rates' Beta posteriors.", "",
-            "| rule | purity: plug-in (MC median) [95%] | WD completeness | candidates per 10⁶ "
-            "spectra: WDs / stars A–M / OB / hot sd / QSO+galaxy |", "|---|---|---|---|"]
-  for name, p in res["purity"].items():
-    c = p["candidates_per_million"]
-    stars = sum(c.get(k, 0.0) for k in LAMOST_LETTERS)
-    lines.append(
-        f"| {name} | {p['purity']:.3f} ({p['purity_mc_median']:.3f}) "
-        f"[{p['purity_95'][0]:.3f}, {p['purity_95'][1]:.3f}] | "
-        f"{p['completeness']:.2f} [{p['completeness_95'][0]:.2f}, {p['completeness_95'][1]:.2f}]"
-        f" | {c['white dwarfs']:.0f} / {stars:.0f} / {c.get('OB', 0):.0f} / "
-        f"{c.get('hot_subdwarf', 0):.0f} / {c.get('QSO', 0) + c.get('GALAXY', 0):.0f} |")
-  missing = sorted({f for p in res["purity"].values() for f in p["left_out_unmeasured"]})
+            + "). Medians and 95% intervals of a Monte Carlo over the rates' Beta posteriors.",
+            "", "| WD fraction | rule | purity [95%] | false-positive rate [95%] | "
+            "WD completeness [95%] | candidates per 10⁶ spectra: WDs / stars A–M / OB / "
+            "hot sd / QSO+galaxy |", "|---|---|---|---|---|---|"]
+  for frac, by_rule in res["purity"].items():
+    for name, p in by_rule.items():
+      c = p["candidates_per_million"]
+      stars = sum(c.get(k, 0.0) for k in LAMOST_LETTERS)
+      pur, fp, co = p["purity"], p["false_positive_rate"], p["completeness"]
+      lines.append(
+          f"| {float(frac):.2%} | {name} | {pur['median']:.3f} [{pur['95'][0]:.3f}, "
+          f"{pur['95'][1]:.3f}] | {fp['median']:.2e} [{fp['95'][0]:.2e}, {fp['95'][1]:.2e}] | "
+          f"{co['median']:.2f} [{co['95'][0]:.2f}, {co['95'][1]:.2f}] | "
+          f"{c['white dwarfs']:.0f} / {stars:.0f} / {c.get('OB', 0):.0f} / "
+          f"{c.get('hot_subdwarf', 0):.0f} / {c.get('QSO', 0) + c.get('GALAXY', 0):.0f} |")
+  every = [p for by_rule in res["purity"].values() for p in by_rule.values()]
+  missing = sorted({f for p in every for f in p["left_out_unmeasured"]})
   if missing:
     lines += ["", "Left out of the purity for lack of any measurement: " + ", ".join(missing)
               + "."]
-  falls = sorted({f for p in res["purity"].values() for f in p["snr_fallbacks"]})
+  falls = sorted({f for p in every for f in p["snr_fallbacks"]})
   if falls:
     lines += ["", "S/N cells without data take the nearest measured S/N: " + "; ".join(falls)
               + "."]
