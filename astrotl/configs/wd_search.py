@@ -57,9 +57,9 @@ def get_config(arg=None):
   c.stage2 = train.default_config()   # on stage 1's frozen conv trunk
   c.stage2.model = "cnn1d"
   c.stage2.batch_size = 64
-  c.stage2.num_steps = 400
+  c.stage2.num_steps = 1200         # ~4 epochs: the rare hot-star negatives need them
   c.stage2.learning_rate = 5e-4
-  c.stage2.eval_every = 50
+  c.stage2.eval_every = 100
   c.stage2.checkpoint_every = 1000
   c.stage2.progress = False
 
