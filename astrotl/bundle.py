@@ -20,38 +20,33 @@ bundle (`Model.save`); everything that predicts reads one (`load_model`).  A `re
 (embeddings of the training set, in the tree of that name) lets the scan score anomalies:
 `astrotl.similar.reference` describes it, `astrotl.similar.add_reference` adds one.
 
+Every bundle and every Model is checked before use (`astrotl.validate`: the schema of the
+description, sizes, finite weights, each network's shapes); a bundle that fails is one
+BundleError naming the file, the field and what was expected.
+
 Bundled models, by name: `wd_two_stage` (the scan's default), `wd_stage1` (its stage 1
 alone, a stellar classifier) and `upsilont` (Kim et al. 2021's variable-star classifier).
 """
 
+import collections
 import hashlib
 import json
 import os
 import pathlib
 import re
-import warnings
 
 import numpy as np
 
-from astrotl import rules
+from astrotl import rules, validate
+# Re-exported: callers know these as bundle.BundleError etc.
+from astrotl.validate import FORMAT, BundleError, check_kept, column_name  # noqa: F401
 
-FORMAT = 2
 DEVICE_KEYS = ("u", "flux", "ivar", "mask")  # the raw arrays make_fn takes
 BUNDLED = {
     "wd_two_stage": ("models/wd_two_stage.npz", None),
     "wd_stage1": ("models/wd_two_stage.npz", "stage1"),
     "upsilont": ("upsilont", None),
 }
-
-
-class BundleError(ValueError):
-  """A bundle that cannot be used; the message names the file and what is wrong."""
-
-
-def column_name(name: str) -> str:
-  """A class name as an identifier for column names ('WD+M' -> 'WD_M')."""
-  out = re.sub(r"\W", "_", str(name))
-  return out if out and not out[0].isdigit() else f"c_{out}"
 
 
 def to_prior(p, prior, new_prior):
@@ -63,32 +58,21 @@ def to_prior(p, prior, new_prior):
 
 
 class Network:
-  """One network of a bundle: a registry model, its variables and what its outputs mean."""
+  """One network of a bundle: a registry model, its variables and what its outputs mean
+  (its description checked by `validate.check_meta`)."""
 
   def __init__(self, name, meta, variables):
     from astrotl import models
     self.name = name
     self.meta = dict(meta)
     self.output = meta.get("output", "classes")
-    if self.output not in ("classes", "regression"):
-      raise BundleError(f"network {name!r}: output {self.output!r} is not 'classes' or "
-                        "'regression'")
     self.classes = [str(c) for c in meta.get("classes", ())]
     self.targets = [str(t) for t in meta.get("targets", ())]
-    if self.output == "classes" and not self.classes:
-      raise BundleError(f"network {name!r} has no class names")
     if self.output == "regression" and not self.targets:
       self.targets = ["value"]
-    self.temperature = float(meta.get("temperature", 1.0))
-    for key in ("prior", "survey_prior"):
-      v = meta.get(key)
-      if v is not None and not (isinstance(v, (int, float)) and 0 < v < 1):
-        raise BundleError(f"network {name!r}: {key} must be a fraction in (0, 1), got {v!r}")
-    self.scale = np.asarray(meta.get("scale", [[0.0, 1.0]] * len(self.targets)), np.float32)
-    try:
-      self.model = models.get(meta["model"], **meta.get("config", {}))
-    except (KeyError, ValueError, TypeError) as e:
-      raise BundleError(f"network {name!r}: {e}") from None
+    self.temperature = float(meta.get("temperature", 1.0)) if self.output == "classes" else 1.0
+    self.scale = np.asarray(meta.get("scale") or [[0.0, 1.0]] * len(self.targets), np.float32)
+    self.model = models.get(meta["model"], **meta.get("config", {}))
     self.variables = variables
 
   @property
@@ -99,14 +83,16 @@ class Network:
     """What the bundle promises from raw outputs z (jax, inside jit): calibrated
     probabilities (softmax of z / temperature) or regression values in target units."""
     import jax
+    import jax.numpy as jnp
     if self.output == "classes":
-      return jax.nn.softmax(z / self.temperature, axis=-1)
+      # An overflowed logit (inf) is clipped, so the probabilities still sum to 1.
+      return jax.nn.softmax(jnp.clip(z / self.temperature, -1e30, 1e30), axis=-1)
     return z * self.scale[:, 1] + self.scale[:, 0]
 
   @property
   def embedding_width(self) -> int:
     """D of the network's embedding: what its `head` (every model names it so) sees."""
-    return int(np.shape(self.variables["params"]["head"]["kernel"])[0])
+    return validate.embedding_width(self.variables)
 
   def survey_priors(self):
     """(training prior, survey prior) of the positive class when the bundle states both
@@ -127,29 +113,26 @@ class Model:
   """
 
   def __init__(self, trees: dict, meta: dict, source=None):
-    meta = upgrade_meta(meta)
+    self.source = str(source) if source is not None else str(
+        meta.get("name", "model") if isinstance(meta, dict) else "model")
+    meta = validate.check_bundle(trees, meta, self.source)  # BundleError before anything runs
     self.meta = meta
-    self.source = str(source) if source is not None else meta.get("name", "model")
     self.input = dict(meta.get("input") or {})
-    if not meta.get("networks"):
-      raise BundleError(f"{self.source}: the bundle describes no networks")
-    missing = [n for n in meta["networks"] if n not in trees]
-    if missing:
-      raise BundleError(f"{self.source}: no weights for networks {missing}")
     self.networks = {n: Network(n, m, trees[n]) for n, m in meta["networks"].items()}
     self.reference = None  # (R, D) unit embeddings of the training set, or None
     if meta.get("reference"):
-      ref = (trees.get("reference") or {}).get("embedding")
-      if "reference" in meta["networks"] or ref is None or np.ndim(ref) != 2:
-        raise BundleError(f"{self.source}: the bundle describes a reference but holds no "
-                          "(n, D) array reference/embedding")
-      if meta["reference"].get("network") != self.primary.name:
-        raise BundleError(f"{self.source}: the reference was made with network "
-                          f"{meta['reference'].get('network')!r}, not the primary "
-                          f"{self.primary.name!r}")
-      self.reference = np.asarray(ref, np.float32)
+      self.reference = np.asarray(trees["reference"]["embedding"], np.float32)
     self.rule = meta.get("rule")
-    rules.check(self.rule, list(self.columns()) + ["snr"])
+    names = [c for c, _ in self._columns()]
+    seen = collections.Counter(c.lower() for c in names)  # tables ignore case
+    twice = sorted(c for c, n in seen.items() if n > 1)
+    if twice:
+      raise BundleError(f"{self.source}: networks: two outputs would both be column "
+                        f"{', '.join(twice)}; rename classes or targets")
+    try:
+      rules.check(self.rule, names + ["snr"])
+    except rules.RuleError as e:
+      raise BundleError(f"{self.source}: rule: {e}") from None
     self._fns = {}
 
   # --- what the model produces --------------------------------------------------------
@@ -176,29 +159,33 @@ class Model:
 
   def columns(self) -> dict:
     """{column: (description, unit)} of the outputs, in table order."""
-    out = {}
+    return dict(self._columns())
+
+  def _columns(self) -> list:
+    out = []
     two = self.kind == "two_stage"
     for i, net in enumerate(self.networks.values()):
       if net.output == "regression":
         for t in net.targets:
-          out[column_name(t)] = (f"{t} predicted by network {net.name}", "")
+          out.append((column_name(t), (f"{t} predicted by network {net.name}", "")))
         continue
       if two and i == 1:
         pos = net.meta.get("positive", net.classes[-1])
-        out[f"p_{column_name(pos).lower()}"] = (
+        out.append((f"p_{column_name(pos).lower()}", (
             f"calibrated probability of {pos} from network {net.name}"
             + (f", for the training mix ({net.meta['prior']:.3g} {pos})"
-               if net.survey_priors() else ""), "")
+               if net.survey_priors() else ""), "")))
         if net.survey_priors():
-          out[f"p_{column_name(pos).lower()}_survey"] = (
+          out.append((f"p_{column_name(pos).lower()}_survey", (
               f"probability of {pos} for a survey with {net.meta['survey_prior']:.3g} {pos} "
-              "(Bayes' rule from the training mix)", "")
+              "(Bayes' rule from the training mix)", "")))
         continue
       prefix = "p1_" if two else "p_"
       for c in net.classes:
-        out[prefix + column_name(c)] = (f"calibrated probability of class {c} "
-                                        f"(network {net.name})", "")
-      out["class1" if two else "pred_class"] = (f"most probable class of network {net.name}", "")
+        out.append((prefix + column_name(c), (f"calibrated probability of class {c} "
+                                              f"(network {net.name})", "")))
+      out.append(("class1" if two else "pred_class",
+                  (f"most probable class of network {net.name}", "")))
     return out
 
   def numeric_columns(self):
@@ -232,6 +219,8 @@ class Model:
         for j, c in enumerate(net.classes):
           cols[prefix + column_name(c)] = values[:, j]
         best = np.asarray(net.classes, dtype=object)[values.argmax(-1)] if n else []
+        # No class for a row without probabilities (a cascade skipped it, or NaN outputs).
+        best = np.where(np.isfinite(values).all(-1), best, "") if n else best
         cols["class1" if two else "pred_class"] = np.asarray(best, dtype=str)
     if "snr" in outs:
       cols["snr"] = np.asarray(outs["snr"], np.float32)
@@ -476,25 +465,6 @@ def _bind_second(fn, second, first, *rest):
 
 # --- loading ----------------------------------------------------------------------------
 
-def upgrade_meta(meta: dict) -> dict:
-  """Format-1 bundles (stage1/stage2 at the top, from astrotl 0.1) in today's layout."""
-  if meta.get("format", 1) >= 2 or "networks" in meta:
-    return meta
-  if "stage1" not in meta or "stage2" not in meta:
-    raise BundleError("not an astrotl model bundle: no 'networks' and no stage1/stage2")
-  s1, s2 = dict(meta["stage1"]), dict(meta["stage2"])
-  s2["positive"] = s2["classes"][int(s2.pop("positive_index", 1))]
-  wd = [c for c in s1["classes"] if str(c).upper().startswith("WD")]
-  out = {"format": FORMAT, "name": "wd_two_stage",
-         "input": {"type": "spectrum", "normalise": "tan",
-                   "pixels": int(meta.get("input_pixels", 3700))},
-         "networks": {"stage1": s1, "stage2": s2},
-         "rule": {"type": "two_stage", "score": "p_" + column_name(s2["positive"]).lower(),
-                  "threshold": 0.5, "agree": "class1", "classes": wd},
-         "about": {k: v for k, v in meta.items() if k not in ("stage1", "stage2", "input_pixels")}}
-  return out
-
-
 def _resource(rel):
   from astrotl import data
   return pathlib.Path(str(data.sample_dir(rel.split("/")[0]))).joinpath(*rel.split("/")[1:])
@@ -533,10 +503,7 @@ def load_model(name_or_path) -> Model:
     trees, meta = checkpoint.load_bundle(path)
   except checkpoint.CheckpointError as e:
     raise BundleError(str(e)) from None
-  try:
-    model = Model(trees, meta, source=path)
-  except (rules.RuleError, KeyError) as e:
-    raise BundleError(f"{path}: {e}") from None
+  model = Model(trees, meta, source=path)
   if only:
     model = model.subset(only, name=spec)
   return model
@@ -629,17 +596,3 @@ def spectrum_inputs(inputs):
   check_kept(len(arrays), errors, aio.SpectrumError, "could not be read")
   raw = {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
   return names, raw, metas, errors
-
-
-def check_kept(n_kept, errors, error, what):
-  """What `predict` does with inputs it could not use ((path, reason) `errors`): if none
-  was usable, raises `error(path, reason)` for the first (or ValueError for no inputs);
-  else warns how many inputs `what` (they are in table.meta['errors'])."""
-  if not n_kept:
-    if errors:
-      more = f" (and {len(errors) - 1} more inputs that {what})" if len(errors) > 1 else ""
-      raise error(errors[0][0], errors[0][1] + more)
-    raise ValueError("no inputs given")
-  if errors:
-    warnings.warn(f"{len(errors)} of {len(errors) + n_kept} inputs {what}; see "
-                  "table.meta['errors']")

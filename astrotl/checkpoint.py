@@ -6,8 +6,14 @@ A workdir holds `checkpoints/<step>/`, written by an orbax CheckpointManager:
     best/       another tree of arrays kept with the state, when given (`train.fit`: the
                 best variables so far, stored only while they are not the state's own)
     record/     a small JSON record (`train.fit`: best metrics, early-stopping counter,
-                whether the run has stopped, config) and the checkpoint format
+                whether the run has stopped, config), the checkpoint format and the
+                step's run fingerprint
     SHA256SUMS  sha256 of every other file of the step, as `sha256sum` writes them
+
+and `checkpoints/RUN.json`, the fingerprint of the run that first wrote the workdir.  A
+fingerprint (`fingerprint`) hashes what makes a run that run: its config (less the keys
+in NOT_THE_RUN, which say how long and how often, not what), the seed, and the shapes of
+the model's parameters.
 
 Saves are synchronous.  Once orbax has committed a step on every process, process 0
 hashes its files and moves SHA256SUMS into place atomically, so a step is complete
@@ -19,7 +25,10 @@ against SHA256SUMS, on each process.  In `restore_latest`, a checkpoint that fai
 check or does not restore is logged with the failing file, set aside as `<step>.corrupt`
 and the next older one is tried; the other two raise CheckpointError instead.  A checkpoint
 of an older astrotl (no SHA256SUMS, no format in its record) is restored unverified,
-with a warning.
+with a warning.  A step whose fingerprint differs from the workdir's run (a step folder
+copied in from another run), or from the `config` `restore_latest` is given, is refused
+with CheckpointError naming both runs and what differs in their configs; it is not set
+aside, since nothing in it is damaged.
 """
 
 import dataclasses
@@ -34,12 +43,42 @@ import jax
 import numpy as np
 
 _SUMS = "SHA256SUMS"
+_RUN = "RUN.json"
+_RUN_KEY = "astrotl_run"
 _FORMAT_KEY = "astrotl_checkpoint_format"
+# Config keys that change how long a run goes or how often it reports, not what it computes
+# (a run stopped at step 40 and resumed with num_steps=80 is one run).
+NOT_THE_RUN = ("num_steps", "progress", "log_every", "eval_every", "checkpoint_every",
+               "keep_checkpoints")
 _FORMAT = 2  # 2: SHA256SUMS, optional `best` item.  1 (no key): neither.
 
 
 class CheckpointError(RuntimeError):
   pass
+
+
+class ForeignStep(CheckpointError):
+  """A checkpoint step of another run than the one restoring it."""
+
+
+def fingerprint(config, params) -> dict:
+  """{"id": 16 hex digits, "config": {...}} of a run: `config` (a dict or its JSON, e.g.
+  the record's `config`; None for none) less NOT_THE_RUN, and the shapes of `params`."""
+  if isinstance(config, str):
+    config = json.loads(config)
+  config = {k: v for k, v in (config or {}).items() if k not in NOT_THE_RUN}
+  shapes = [[jax.tree_util.keystr(p), list(np.shape(v))]
+            for p, v in jax.tree_util.tree_flatten_with_path(params)[0]]
+  text = json.dumps({"config": config, "shapes": shapes}, sort_keys=True, default=str)
+  return {"id": hashlib.sha256(text.encode()).hexdigest()[:16], "config": config}
+
+
+def _differences(a: dict, b: dict, limit=4) -> str:
+  """'learning_rate 0.01 vs 0.001, seed 1 vs 0' for the keys where two configs differ."""
+  diff = [f"{k} {a.get(k, '(none)')!r:.40} vs {b.get(k, '(none)')!r:.40}"
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  more = f" and {len(diff) - limit} more" if len(diff) > limit else ""
+  return ", ".join(diff[:limit]) + more if diff else "the parameter shapes"
 
 
 def _orbax():
@@ -87,8 +126,13 @@ class Checkpointer:
     process 0), read back by `restore_latest(..., best_template)`.
     """
     ocp = _orbax()
+    run = fingerprint((record or {}).get("config"), getattr(state, "params", state))
+    # The workdir's run is the one that writes its first step (again, if all were removed).
+    if jax.process_index() == 0 and (not (self.directory / _RUN).exists() or not self.steps()):
+      _write_text(self.directory / _RUN, json.dumps(run, indent=1))
     args = {"state": ocp.args.StandardSave(state),
-            "record": ocp.args.JsonSave({**(record or {}), _FORMAT_KEY: _FORMAT})}
+            "record": ocp.args.JsonSave({**(record or {}), _FORMAT_KEY: _FORMAT,
+                                         _RUN_KEY: run})}
     if best is not None:
       args["best"] = ocp.args.StandardSave(best)
     self._mngr.save(step, args=ocp.args.Composite(**args), force=True)
@@ -98,19 +142,38 @@ class Checkpointer:
       _write_sums(self.directory / str(step))
     ocp.multihost.sync_global_processes("astrotl_checkpoint_sums")
 
-  def restore_latest(self, template, best_template=None) -> Restored | None:
+  def restore_latest(self, template, best_template=None, config=None) -> Restored | None:
     """The newest checkpoint that passes its checksums and restores, or None if there is none.
 
     `template`, `best_template`: trees of arrays with the shapes, dtypes and shardings to
     restore `state` and `best` to.  Damaged checkpoints are logged with the failing file
-    and set aside.
+    and set aside.  A step of another run raises CheckpointError: one whose fingerprint
+    differs from the workdir's RUN.json or, when `config` (this run's, as `save`'s record
+    holds it) is given, from this run's.
     """
     errors = []
+    want = None
+    if config is not None:
+      want = fingerprint(config, getattr(template, "params", template))
+    elif (self.directory / _RUN).exists():
+      try:
+        want = json.loads((self.directory / _RUN).read_text())
+      except (OSError, ValueError) as e:
+        raise CheckpointError(f"{self.directory / _RUN}: unreadable ({e})") from None
+    whose = "this run" if config is not None else f"the run in {self.directory / _RUN}"
     for step in reversed(self.steps()):
       path = self.directory / str(step)
       try:
         verify(path)
+        run = _record(path).get(_RUN_KEY)
+        if want is not None and isinstance(run, dict) and run.get("id") != want.get("id"):
+          raise ForeignStep(
+              f"{path} is a step of run {run.get('id')}, not of {whose} ({want.get('id')}): "
+              f"they differ in {_differences(run.get('config') or {}, want.get('config') or {})}"
+              "; move the step away, or resume in a new workdir")
         return self._restore(step, template, best_template)
+      except ForeignStep:
+        raise  # nothing in it is damaged: not set aside
       except Exception as e:  # orbax raises many types for damaged files
         logging.warning("checkpoint %s is unreadable (%s: %s); moved to %s.corrupt, trying an "
                         "older one", path, type(e).__name__, e, path)
@@ -141,6 +204,7 @@ class Checkpointer:
     out = self._mngr.restore(step, args=ocp.args.Composite(**args))
     record = dict(out.get("record") or {})
     record.pop(_FORMAT_KEY, None)
+    record.pop(_RUN_KEY, None)
     return Restored(step, out["state"], record, out.get("best"))
 
   def close(self):
@@ -162,12 +226,17 @@ def _files(step_dir) -> dict:
 
 def _write_sums(step_dir) -> None:
   text = "".join(f"{_sha256(f)}  {name}\n" for name, f in sorted(_files(step_dir).items()))
-  tmp = step_dir / (_SUMS + ".tmp")
+  _write_text(step_dir / _SUMS, text)
+
+
+def _write_text(path, text) -> None:
+  """Writes `text` to `path` atomically (a temporary file, fsync, rename)."""
+  tmp = path.with_name(path.name + ".tmp")
   with open(tmp, "w") as f:
     f.write(text)
     f.flush()
     os.fsync(f.fileno())
-  tmp.replace(step_dir / _SUMS)
+  tmp.replace(path)
 
 
 def _read_sums(path) -> dict:
@@ -180,15 +249,20 @@ def _read_sums(path) -> dict:
   return sums
 
 
-def _format(step_dir) -> int:
+def _record(step_dir) -> dict:
+  """The JSON record of a step as saved ({} when it has none)."""
   if not (step_dir / "record").is_dir():
-    return 1
+    return {}
   try:
     ocp = _orbax()
     record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "record")
   except Exception as e:
     raise CheckpointError(f"{step_dir / 'record'}: unreadable ({type(e).__name__}: {e})") from e
-  return int((record or {}).get(_FORMAT_KEY, 1))
+  return dict(record or {})
+
+
+def _format(step_dir) -> int:
+  return int(_record(step_dir).get(_FORMAT_KEY, 1))
 
 
 def verify(step_dir) -> bool:
@@ -265,15 +339,9 @@ def load_record(path) -> dict:
   metrics and `config`, the run's config as JSON); {} when the step has none."""
   step_dir = _step_dir(path)
   verify(step_dir)
-  if not (step_dir / "record").is_dir():
-    return {}
-  try:
-    ocp = _orbax()
-    record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "record")
-  except Exception as e:
-    raise CheckpointError(f"{step_dir / 'record'}: unreadable ({type(e).__name__}: {e})") from e
-  record = dict(record or {})
+  record = _record(step_dir)
   record.pop(_FORMAT_KEY, None)
+  record.pop(_RUN_KEY, None)
   return record
 
 
@@ -318,24 +386,26 @@ _INT8, _SCALE = "@int8", "@scale"
 def load_bundle(path) -> tuple[dict, dict]:
   """({name: variables as float32 numpy}, meta) from a `save_bundle` file.
 
-  Read with astrotl.io.weights.read_npz (no pickle, array sizes checked against the
-  file); anything that is not a well-formed bundle raises CheckpointError.
+  Read with astrotl.io.weights.read_npz (no pickle, array sizes and the number of arrays
+  checked against limits before reading); the description's size and nesting are
+  checked before it is decoded (`astrotl.validate.decode_meta`).  Anything that is not a
+  well-formed bundle raises CheckpointError; what the description and arrays say is
+  checked by `astrotl.validate.check_bundle` (`bundle.Model` calls it).
   """
-  from astrotl import surgery
+  from astrotl import surgery, validate
   from astrotl.io import weights
   path = pathlib.Path(path)
   try:
-    arrays = weights.read_npz(path)
+    # The description's member is capped before it is read (header included).
+    arrays = weights.read_npz(path, limits={_META_KEY: validate.MAX_META_BYTES + 4096})
   except (weights.WeightsError, OSError) as e:
     raise CheckpointError(f"{path}: cannot read model bundle ({type(e).__name__}: {e})") from None
   if _META_KEY not in arrays:
     raise CheckpointError(f"{path}: not an astrotl model bundle (no {_META_KEY} entry)")
   try:
-    meta = json.loads(arrays[_META_KEY].tobytes().decode())
-  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-    raise CheckpointError(f"{path}: unreadable {_META_KEY} entry ({e})") from None
-  if not isinstance(meta, dict):
-    raise CheckpointError(f"{path}: {_META_KEY} is not a JSON object")
+    meta = validate.decode_meta(arrays[_META_KEY].tobytes(), path)
+  except validate.BundleError as e:
+    raise CheckpointError(str(e)) from None
   flat = {}
   for k, v in arrays.items():
     if k == _META_KEY or k.endswith(_SCALE):

@@ -42,7 +42,7 @@ REASON_TEXT = {
 
 def check_model(model):
   """Raises BundleError unless `model` takes the 16 UPSILoN features of light curves."""
-  from astrotl.bundle import BundleError
+  from astrotl.validate import BundleError
   spec = model.input
   who = model.name if model.name == model.source else f"{model.name} ({model.source})"
   if spec.get("type") != "lightcurve":
@@ -254,11 +254,11 @@ def _is_curve(item):
 
 
 def _no_rows(n_kept, errors):
-  from astrotl import bundle
+  from astrotl import validate
   # (file, star id, reason) errors are named "file (star id)" in the warning or exception
   pairs = [(f"{e[0]} (star {e[1]})" if e[1] else e[0], e[2]) if len(e) == 3 else e
            for e in errors]
-  bundle.check_kept(n_kept, pairs, io_lc.LightCurveError, "got no prediction")
+  validate.check_kept(n_kept, pairs, io_lc.LightCurveError, "got no prediction")
 
 
 def _named(name, reason):

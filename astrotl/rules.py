@@ -10,8 +10,8 @@ this module is the one place that evaluates it, on columns of predictions:
   {"type": "range", "score": "subtype", "min": 20, "max": 29.9}   a regression value in range
 
 Every rule may also carry "min_snr" (the S/N the spectrum must reach) and "veto" (survey
-classes, e.g. ["QSO", "GALAXY"], that are never candidates).  A null (masked) value is
-never selected.
+classes, e.g. ["QSO", "GALAXY"], that are never candidates; SURVEY_CLASSES, any case).  A
+null (masked) value is never selected.
 """
 
 import re
@@ -21,8 +21,32 @@ import numpy as np
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 
+# The survey CLASS values a veto may name: LAMOST's pipeline classes (its header CLASS and
+# catalog `class`) and SDSS's (STAR, GALAXY, QSO), as the readers give them.
+SURVEY_CLASSES = ("STAR", "GALAXY", "QSO", "Unknown")
+
+
 class RuleError(ValueError):
   """A rule that does not fit the model's outputs."""
+
+
+def veto_classes(values, flag="--veto"):
+  """The survey classes of a veto (a list, or comma-separated text), checked and spelt as in
+  SURVEY_CLASSES; None stays None (the bundle's own veto).  An unknown class is a RuleError
+  naming `flag`, the value and the accepted classes."""
+  if values is None:
+    return None
+  if isinstance(values, str):
+    values = values.split(",")
+  known = {c.upper(): c for c in SURVEY_CLASSES}
+  out = []
+  for v in (str(v).strip() for v in values):
+    if v and v.upper() not in known:
+      raise RuleError(f"{flag}={v}: not a survey class; accepted: {', '.join(SURVEY_CLASSES)} "
+                      "(any case, comma-separated)")
+    if v:
+      out.append(known[v.upper()])
+  return out
 
 
 def parse(text: str, columns, classes=()) -> dict:
@@ -51,7 +75,7 @@ def parse(text: str, columns, classes=()) -> dict:
 
 
 def _column(name, columns, classes):
-  from astrotl.bundle import column_name
+  from astrotl.validate import column_name
   if name in columns:
     return name
   if name in classes and f"p_{column_name(name)}" in columns:
@@ -67,6 +91,7 @@ def check(rule: dict, columns) -> None:
   kind = rule.get("type")
   if kind not in ("two_stage", "class", "range"):
     raise RuleError(f"unknown rule type {kind!r}")
+  veto_classes(rule.get("veto"), "the rule's veto")
   need = [rule["score"]] + ([rule["agree"]] if kind == "two_stage" else [])
   missing = [c for c in need if c not in columns]
   if missing:

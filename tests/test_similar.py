@@ -206,3 +206,37 @@ def test_the_command_line_finds_catalog_obsids_first_and_names_a_bad_scan(tmp_pa
   r = subprocess.run([sys.executable, "-m", "astrotl.similar", f"--scan={tmp_path}",
                       "--query=x.fits"], env=_env(), capture_output=True, text=True)
   assert r.returncode == 2 and "scan.json" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- issue 24: embeddings are checked before use -------------------------------------------
+
+def test_embeddings_one_row_short_of_their_chunk_are_refused(tmp_path):
+  """One row fewer than the chunk's parquet reported the next file as the query, at 0.0."""
+  make_mirror.embedding_scan(tmp_path, 300, dim=8, chunk_size=100)
+  s = chunks.Store(tmp_path, 300, 100)
+  path = s.embedding_path(1)
+  np.save(path, np.load(path)[:-1])
+  with pytest.raises(similar.SimilarError, match=r"chunk_000001.embedding.npy: 99 embeddings, "
+                     r"but the chunk has 100 rows"):
+    similar.search(tmp_path, obsids=[make_mirror.OBSID0 + 150], k=3)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_non_finite_embeddings_are_left_out_and_counted(tmp_path, exact):
+  """NaN rows in a chunk made the query vanish from its own results."""
+  x = make_mirror.embedding_scan(tmp_path, 3000, dim=8, chunk_size=1000)
+  s = chunks.Store(tmp_path, 3000, 1000)
+  e = np.load(s.embedding_path(0))
+  e[[3, 4, 5]] = np.nan
+  e[6, 0] = np.inf
+  np.save(s.embedding_path(0), e)
+  first, logs = make_mirror.OBSID0, []
+  t = similar.search(tmp_path, obsids=[first + 10, first + 2500, first + 4], k=5, exact=exact,
+                     log=logs.append)
+  assert t.meta["skipped"] == [f"obsid {first + 4} (its stored embedding is not finite)"]
+  assert list(t["obsid"][t["rank"] == 1]) == [first + 10, first + 2500]
+  assert np.all(np.isfinite(t["distance"])) and not set(t["obsid"]) & {first + i for i in
+                                                                           (3, 4, 5, 6)}
+  assert t.meta["search"]["left_out"] == 4 and any("4 spectra" in m for m in logs), logs
+  want = np.sort(np.sqrt(metric.sq_distances(x[[10]], np.delete(x, [3, 4, 5, 6], 0)))[0])[:5]
+  np.testing.assert_allclose(t["distance"][:5], want, atol=1e-3 if not exact else 1e-5)

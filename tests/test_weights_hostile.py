@@ -321,3 +321,71 @@ def _npy(array, shape=None):
     end = raw.index(b"\n")
     raw = raw[:end - (len(shape) - len(old))].replace(old, shape) + raw[end:]
   return raw
+
+
+# --- issue 24: files that exhaust memory or time, or reach the loader's own objects -------
+
+APPEND, EMPTY_LIST, POP = b"a", b"]", b"0"
+
+
+def _limited(fn, *args):
+  """fn(*args) raising WeightsError, within 5 s and 500 MB more memory."""
+  import resource
+  import time
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  t0 = time.time()
+  with pytest.raises(W.WeightsError) as e:
+    fn(*args)
+  assert time.time() - t0 < 5.0 and "\n" not in str(e.value), str(e.value)
+  assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500 << 10  # kB
+  return str(e.value)
+
+
+def test_a_pt_naming_many_distinct_globals_is_refused(tmp_path):
+  """The issue's 0.7 MB .pt named 300,000 distinct globals (727 MB, 27 s); 150,000 fit
+  under MAX_PICKLE_BYTES."""
+  body = b"".join(_g("m", f"{i:x}") + POP for i in range(150_000))
+  path = _torch_zip(tmp_path / "globals.pt", _p2(body, EMPTY_DICT))
+  assert path.stat().st_size < W.MAX_PICKLE_BYTES
+  assert f"more than {W.MAX_GLOBALS} distinct" in _limited(W.load_torch, path)
+
+
+def test_a_large_pickle_is_refused_before_unpickling(tmp_path):
+  """The issue's 18 MB data.pkl (3.4 GB, not done in 120 s): millions of objects."""
+  body = EMPTY_LIST + (EMPTY_LIST + APPEND) * (9 << 20)
+  path = _torch_zip(tmp_path / "big.pt", _p2(body))
+  assert "data.pkl is" in _limited(W.load_torch, path)
+
+
+def test_a_module_tree_5000_levels_deep_is_one_error(tmp_path):
+  """A module whose _modules holds a module whose ... (RecursionError before)."""
+  def module(inner):
+    mods = EMPTY_DICT + (_s("m") + inner + SETITEM if inner else b"")
+    state = EMPTY_DICT + _s("_parameters") + EMPTY_DICT + SETITEM + _s("_modules") + mods \
+        + SETITEM
+    return _g("nn", "Module") + EMPTY_TUPLE + NEWOBJ + state + BUILD
+  pkl = None
+  for _ in range(5000):
+    pkl = module(pkl)
+  path = _torch_zip(tmp_path / "deep.pt", _p2(pkl))
+  assert f"more than {W.MAX_MODULE_DEPTH} levels" in _limited(W.load_torch, path)
+  shallow = _torch_zip(tmp_path / "shallow.pt", _p2(module(module(None))))
+  assert W.load_torch(shallow) == {}
+
+
+@pytest.mark.parametrize("name", [("builtins", "set"), ("torch", "Size"),
+                                  ("torch._utils", "_rebuild_parameter"),
+                                  ("torch._utils", "_rebuild_tensor_v2"),
+                                  ("collections", "OrderedDict")])
+def test_build_cannot_set_attributes_on_the_loaders_helpers(tmp_path, name):
+  """BUILD on a global the loader maps to its own builder used to set attributes on the
+  function for the rest of the process."""
+  pkl = _p2(_g(*name), EMPTY_DICT + _s("planted") + _i(1) + SETITEM + BUILD + POP + EMPTY_DICT)
+  path = _torch_zip(tmp_path / "build.pt", pkl)
+  try:
+    W.load_torch(path)
+  except W.WeightsError:
+    pass
+  for helper in (W._set, W._size, W._rebuild_parameter, W._frozenset, W._device,
+                 W._OrderedDict, W._Builder):
+    assert not hasattr(helper, "planted"), helper

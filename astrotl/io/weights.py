@@ -19,7 +19,7 @@ rules `(pattern, target, layout)`:
 
 Every problem (names no rule matches, rules that match nothing, unknown tensor kinds,
 bad ranks, two tensors for one path, and with `like` missing / unexpected / misshapen
-paths) is collected and raised as one WeightsError listing all of them.
+paths) is collected and raised as one WeightsError listing all of them on one line.
 """
 
 import collections
@@ -33,6 +33,7 @@ import pickle
 import re
 import stat
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -59,7 +60,14 @@ _KERNEL = {  # torch weight axes -> flax kernel axes
 
 
 MAX_WEIGHTS_BYTES = 2 * 2**30   # all arrays of one weights file (Tan et al.'s are ~60 MB)
-MAX_PICKLE_BYTES = 64 * 2**20   # a .pt file's data.pkl (the tensors are stored beside it)
+MAX_MEMBERS = 4096              # arrays of one .npz (the bundled model has 108)
+MAX_PT_MEMBERS = 20_000         # members of a .pt zip (one per tensor storage)
+# A .pt file's data.pkl (the tensors are stored beside it).  Tan et al.'s are 30 kB; a
+# state dict of 10,000 tensors is about 2 MB.  A pickle's objects take up to ~100 times
+# its bytes in memory (one opcode byte can make one empty list), so this bounds memory.
+MAX_PICKLE_BYTES = 2 * 2**20
+MAX_GLOBALS = 1000              # distinct classes and functions a .pt pickle names
+MAX_MODULE_DEPTH = 100          # nesting of a pickled module tree
 
 
 class WeightsError(ValueError):
@@ -129,7 +137,7 @@ def check_like(variables, like):
   """Raises WeightsError listing params / batch_stats paths missing, extra or misshapen."""
   problems = _compare(variables, like)
   if problems:
-    raise WeightsError("variables do not fit the model:\n  " + "\n  ".join(problems))
+    raise WeightsError("variables do not fit the model: " + "; ".join(problems))
 
 
 def import_state_dict(state_dict, rules, like=None) -> dict:
@@ -185,7 +193,7 @@ def import_state_dict(state_dict, rules, like=None) -> dict:
   if like is not None:
     problems += _compare(out, like)
   if problems:
-    raise WeightsError("cannot import state dict:\n  " + "\n  ".join(problems))
+    raise WeightsError("cannot import state dict: " + "; ".join(problems))
   return out
 
 
@@ -206,26 +214,33 @@ def _weights_file(path) -> pathlib.Path:
   return path
 
 
-def read_npz(source, where=None) -> dict:
+def read_npz(source, where=None, limits=None) -> dict:
   """name -> array from an `.npz` (a path or a binary file object), reading no pickle.
 
   Checks every member's .npy header before reading its data: object arrays (pickle),
   non-numeric dtypes, and arrays that promise more data than the member holds or than
-  MAX_WEIGHTS_BYTES in all raise WeightsError, as do files that are not .npz at all.
-  Shared by load_npz, upsilont and astrotl.checkpoint.load_bundle.
+  MAX_WEIGHTS_BYTES in all raise WeightsError, as do more than MAX_MEMBERS members and
+  files that are not .npz at all.  `limits`: {name: most bytes} for single members,
+  checked before they are read.  Shared by load_npz, upsilont and
+  astrotl.checkpoint.load_bundle.
   """
   where = where or source
   if isinstance(source, (str, os.PathLike)):
     source = _weights_file(source)  # never open a FIFO or a device
   try:
-    with zipfile.ZipFile(source) as z:
+    with zipfile.ZipFile(_counted(source, where, MAX_MEMBERS, "arrays")) as z:
       infos = z.infolist()
+      if len(infos) > MAX_MEMBERS:
+        raise WeightsError(f"{where}: {len(infos)} arrays, more than {MAX_MEMBERS}")
       total = sum(i.file_size for i in infos)
       if total > MAX_WEIGHTS_BYTES:
         raise WeightsError(f"{where}: {total} bytes of arrays, more than {MAX_WEIGHTS_BYTES}")
       out = {}
       for info in infos:
         name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if limits and name in limits and info.file_size > limits[name]:
+          raise WeightsError(f"{where}: {name} is {info.file_size} bytes, more than "
+                             f"{limits[name]}")
         with z.open(info) as f:
           version = np.lib.format.read_magic(f)
           reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -244,8 +259,36 @@ def read_npz(source, where=None) -> dict:
       return out
   except WeightsError:
     raise
-  except (zipfile.BadZipFile, ValueError, EOFError, OSError, SyntaxError) as e:
+  except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, SyntaxError) as e:
     raise WeightsError(f"{where}: not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def _counted(source, where, most, what):
+  """`source` (a path or a binary file object), refused with WeightsError when its zip
+  directory lists more than `most` members or is larger than they need: zipfile parses
+  the whole directory on opening (200,000 members: seconds and 300 MB)."""
+  f = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
+  try:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(max(0, size - (1 << 16) - 22))
+    tail = f.read()
+  finally:
+    if f is not source:
+      f.close()
+    else:
+      f.seek(0)
+  end = tail.rfind(b"PK\x05\x06")  # the end of central directory record
+  if end >= 0 and len(tail) - end >= 22:
+    n = int.from_bytes(tail[end + 10:end + 12], "little")
+    directory = int.from_bytes(tail[end + 12:end + 16], "little")
+    locator = tail.rfind(b"PK\x06\x07", 0, end)  # zip64 (np.savez past 65,535 members)
+    if locator >= 0 and (n == 0xFFFF or directory == 0xFFFFFFFF):
+      raise WeightsError(f"{where}: over 65,535 {what} (a zip64 directory), more than {most}")
+    if n > most or directory > most * 1024:
+      raise WeightsError(f"{where}: {n} {what} ({directory} bytes of zip directory), more "
+                         f"than {most}")
+  return source
 
 
 def load_npz(path) -> dict:
@@ -270,7 +313,9 @@ def load_torch(path) -> dict:
   So a saved state dict and a whole pickled module (`torch.save(model)`, as Tan et al.
   published their networks) both load; for a module the parameters and buffers are
   collected from the stand-ins' `_parameters`, `_buffers` and `_modules`, named as
-  `model.state_dict()` would name them.  Legacy (non-zip pickle) and tar `.pt` files can
+  `model.state_dict()` would name them.  data.pkl is at most MAX_PICKLE_BYTES, names at
+  most MAX_GLOBALS distinct classes, and a module tree nests at most MAX_MODULE_DEPTH
+  levels (each a WeightsError beyond).  Legacy (non-zip pickle) and tar `.pt` files can
   only be read by running their pickle, so they raise WeightsError saying how to
   re-save them.
   """
@@ -303,7 +348,7 @@ def load_torch(path) -> dict:
 
 def _read_torch_zip(path):
   try:
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(_counted(path, path, MAX_PT_MEMBERS, "members")) as z:
       infos = z.infolist()
       pickles = [i for i in infos if i.filename.endswith("/data.pkl")
                  and i.filename.count("/") == 1]
@@ -313,7 +358,10 @@ def _read_torch_zip(path):
       prefix = pickles[0].filename[:-len("data.pkl")]
       members = {i.filename[len(prefix):]: i for i in infos if i.filename.startswith(prefix)}
       total = sum(i.file_size for i in infos)
-      if pickles[0].file_size > MAX_PICKLE_BYTES or total > MAX_WEIGHTS_BYTES + MAX_PICKLE_BYTES:
+      if pickles[0].file_size > MAX_PICKLE_BYTES:
+        raise WeightsError(f"{path}: data.pkl is {pickles[0].file_size} bytes, more than "
+                           f"{MAX_PICKLE_BYTES} (a state dict of 10,000 tensors is about 2 MB)")
+      if total > MAX_WEIGHTS_BYTES + MAX_PICKLE_BYTES:
         raise WeightsError(f"{path}: members of {total} bytes, more than a weights file may hold")
       order = "little"
       if "byteorder" in members:
@@ -330,7 +378,7 @@ def _read_torch_zip(path):
     raise WeightsError(f"{path}: {e}") from None
   except RecursionError:
     raise WeightsError(f"{path}: data.pkl nests too deeply") from None
-  except (pickle.UnpicklingError, zipfile.BadZipFile, ValueError, TypeError, KeyError,
+  except (pickle.UnpicklingError, zipfile.BadZipFile, zlib.error, ValueError, TypeError, KeyError,
           IndexError, AttributeError, EOFError, OSError, MemoryError, OverflowError) as e:
     raise WeightsError(f"{path}: not a readable PyTorch .pt file "
                        f"({type(e).__name__}: {e})") from None
@@ -360,6 +408,19 @@ class _Frozen:
 
   def __setstate__(self, state):
     raise WeightsError(f"the pickle sets state on a {type(self).__name__[1:]}")
+
+
+class _Builder(_Frozen):
+  """One of the loader's builders as the pickle sees it.  A plain function would let BUILD
+  set attributes on it, for the rest of the process; this refuses."""
+
+  __slots__ = ("fn",)
+
+  def __init__(self, fn):
+    self.fn = fn
+
+  def __call__(self, *args):
+    return self.fn(*args)
 
 
 class _Tensor(_Frozen):
@@ -423,9 +484,10 @@ class _Unpickler(pickle.Unpickler):
   to this module's own builders (which check their arguments and only build numpy
   arrays, tuples, strings and dicts) and everything else to an inert class.  So
   REDUCE, NEWOBJ, INST and OBJ can only ever call those builders or an inert class,
-  and BUILD only ever reaches _Inert.__setstate__ (which stores data) or a builder's
-  result (which refuses).  persistent_load maps storage records to numpy buffers read
-  from the zip, checked against the member sizes.
+  and BUILD only ever reaches _Inert.__setstate__ (which stores data), _OrderedDict's
+  (which drops it) or a _Frozen object, the builders themselves included (which
+  refuses).  At most MAX_GLOBALS distinct names make stand-ins.  persistent_load maps
+  storage records to numpy buffers read from the zip, checked against the member sizes.
   """
 
   def __init__(self, file, zf, prefix, members, order, path):
@@ -436,17 +498,18 @@ class _Unpickler(pickle.Unpickler):
     self._storages = {}
     self._bytes = 0
     self._inert = {}
+    self._rebuild = _Builder(self._rebuild_tensor)
     self._safe = {
         ("collections", "OrderedDict"): _OrderedDict,
-        ("builtins", "set"): _set,
-        ("builtins", "frozenset"): _frozenset,
-        ("torch._utils", "_rebuild_tensor"): self._rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-        ("torch._tensor", "_rebuild_from_type_v2"): self._rebuild_from_type,
-        ("torch", "Size"): _size,
-        ("torch", "device"): _device,
+        ("builtins", "set"): _Builder(_set),
+        ("builtins", "frozenset"): _Builder(_frozenset),
+        ("torch._utils", "_rebuild_tensor"): self._rebuild,
+        ("torch._utils", "_rebuild_tensor_v2"): self._rebuild,
+        ("torch._utils", "_rebuild_parameter"): _Builder(_rebuild_parameter),
+        ("torch._utils", "_rebuild_parameter_with_state"): _Builder(_rebuild_parameter),
+        ("torch._tensor", "_rebuild_from_type_v2"): _Builder(self._rebuild_from_type),
+        ("torch", "Size"): _Builder(_size),
+        ("torch", "device"): _Builder(_device),
     }
 
   def find_class(self, module, name):
@@ -458,6 +521,10 @@ class _Unpickler(pickle.Unpickler):
       return _StorageType(np.dtype(_STORAGE_DTYPES[name]).newbyteorder(self._order))
     key = (str(module), str(name))
     if key not in self._inert:
+      # Each stand-in is a new class (~1 kB, slow to make): a real module names a few dozen.
+      if len(self._inert) >= MAX_GLOBALS:
+        raise WeightsError(f"{self._path}: data.pkl names more than {MAX_GLOBALS} distinct "
+                           "classes or functions")
       self._inert[key] = type(re.sub(r"\W", "_", key[1]) or "_", (_Inert,),
                               {"__module__": re.sub(r"[^\w.]", "_", key[0])})
     return self._inert[key]
@@ -510,7 +577,7 @@ class _Unpickler(pickle.Unpickler):
 
   def _rebuild_from_type(self, func, new_type, args, state):
     """torch._tensor._rebuild_from_type_v2 (tensor subclasses): the plain tensor."""
-    if func is not self._rebuild_tensor or not isinstance(args, tuple):
+    if func is not self._rebuild or not isinstance(args, tuple):
       raise WeightsError(f"{self._path}: a tensor subclass built by {func!r:.100}")
     return func(*args)
 
@@ -545,31 +612,37 @@ def _device(*args):
   return str(args[0]) if args else "cpu"
 
 
-def _module_state(obj, path, prefix="", out=None, seen=None):
-  """state_dict-style names -> tensors from an inertly unpickled nn.Module tree."""
-  out = {} if out is None else out
-  seen = set() if seen is None else seen
-  if id(obj) in seen or len(seen) > 100_000:
-    raise WeightsError(f"{path}: the module tree has a cycle or is too large")
-  seen.add(id(obj))
-  d = getattr(obj, "__dict__", {})
-  if "_parameters" not in d and "_modules" not in d:
-    raise WeightsError(f"{path}: the pickle holds neither a state dict nor a torch module")
-  skip = d.get("_non_persistent_buffers_set")
-  skip = set(skip) if isinstance(skip, (set, frozenset, list, tuple)) else set()
-  for group in ("_parameters", "_buffers"):
-    tensors = d.get(group) or {}
-    if not isinstance(tensors, dict):
-      raise WeightsError(f"{path}: {prefix}{group} is not a dict")
-    for name, t in tensors.items():
-      if t is not None and name not in skip:
-        out[f"{prefix}{name}"] = t
-  modules = d.get("_modules") or {}
-  if not isinstance(modules, dict):
-    raise WeightsError(f"{path}: {prefix}_modules is not a dict")
-  for name, sub in modules.items():
-    if sub is not None:
-      _module_state(sub, path, f"{prefix}{name}.", out, seen)
+def _module_state(root, path):
+  """state_dict-style names -> tensors from an inertly unpickled nn.Module tree (walked
+  with a stack, not recursion: a pickle may nest modules arbitrarily deep)."""
+  out, seen = {}, set()
+  todo = [(root, "", 0)]
+  while todo:
+    obj, prefix, depth = todo.pop()
+    if depth > MAX_MODULE_DEPTH:
+      raise WeightsError(f"{path}: the module tree nests more than {MAX_MODULE_DEPTH} "
+                         "levels deep")
+    if id(obj) in seen or len(seen) > 100_000:
+      raise WeightsError(f"{path}: the module tree has a cycle or is too large")
+    seen.add(id(obj))
+    d = getattr(obj, "__dict__", {})
+    if "_parameters" not in d and "_modules" not in d:
+      raise WeightsError(f"{path}: the pickle holds neither a state dict nor a torch module")
+    skip = d.get("_non_persistent_buffers_set")
+    skip = set(skip) if isinstance(skip, (set, frozenset, list, tuple)) else set()
+    for group in ("_parameters", "_buffers"):
+      tensors = d.get(group) or {}
+      if not isinstance(tensors, dict):
+        raise WeightsError(f"{path}: {prefix}{group} is not a dict")
+      for name, t in tensors.items():
+        if t is not None and name not in skip:
+          out[f"{prefix}{name}"] = t
+    modules = d.get("_modules") or {}
+    if not isinstance(modules, dict):
+      raise WeightsError(f"{path}: {prefix}_modules is not a dict")
+    # Reversed onto the stack, so modules are visited (and named) in their own order.
+    todo += [(sub, f"{prefix}{name}.", depth + 1)
+             for name, sub in reversed(list(modules.items())) if sub is not None]
   return out
 
 

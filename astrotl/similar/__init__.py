@@ -48,6 +48,9 @@ def search(scan, queries=None, k=50, model=None, obsids=None, embeddings=None, e
   bundle path; default the scan's own, which it must equal); `obsids` of spectra in the
   scan (their stored embeddings); `embeddings` (n, D) from `model.embed`.
   exact: True for the exact pass, False for the index, None to choose by size.
+  A query whose embedding is not finite is skipped (`meta["skipped"]`); stored rows that
+  are not finite are left out of the search and counted (`meta["search"]["left_out"]`,
+  and a line to `log`).
   """
   from astrotl.similar import metric, store
   emb = store.Embeddings(scan)
@@ -57,8 +60,10 @@ def search(scan, queries=None, k=50, model=None, obsids=None, embeddings=None, e
     m = scan_model(emb, model)
     with warnings.catch_warnings(record=True):  # unreadable queries are reported below
       got, e = m.embed(queries, names=True)
-    q.append(metric.unit(e))
-    names += [os.path.basename(n) for n in got]
+    ok = np.isfinite(e).all(axis=1)
+    q.append(metric.unit(e[ok]))
+    names += [os.path.basename(n) for n, good in zip(got, ok) if good]
+    skipped += [f"{n} (its embedding is not finite)" for n, good in zip(got, ok) if not good]
     paths = [queries] if isinstance(queries, (str, os.PathLike)) else list(queries)
     skipped += [f"{os.fspath(p)} (unreadable)" for p in paths
                 if isinstance(p, (str, os.PathLike)) and os.fspath(p) not in set(got)]
@@ -66,12 +71,19 @@ def search(scan, queries=None, k=50, model=None, obsids=None, embeddings=None, e
     obsids = [int(o) for o in np.atleast_1d(obsids)]
     rows = emb.find("obsid", obsids)
     skipped += [f"obsid {o} (not in the scan)" for o, r in zip(obsids, rows) if r < 0]
-    q.append(emb.rows(rows[rows >= 0]))
-    names += [str(o) for o, r in zip(obsids, rows) if r >= 0]
+    e = emb.rows(rows[rows >= 0])
+    ok = np.isfinite(e).all(axis=1)
+    q.append(e[ok])
+    found = [o for o, r in zip(obsids, rows) if r >= 0]
+    names += [str(o) for o, good in zip(found, ok) if good]
+    skipped += [f"obsid {o} (its stored embedding is not finite)"
+                for o, good in zip(found, ok) if not good]
   if embeddings is not None:
     e = np.atleast_2d(np.asarray(embeddings, np.float32))
-    if e.shape[1] != emb.dim:
-      raise SimilarError(f"embeddings have {e.shape[1]} dimensions, the scan's {emb.dim}")
+    if e.ndim != 2 or e.shape[1] != emb.dim:
+      raise SimilarError(f"embeddings have shape {e.shape}, expected (n, {emb.dim})")
+    if not np.isfinite(e).all():
+      raise SimilarError("embeddings hold NaN or inf values")
     q.append(metric.unit(e))
     names += [f"row {i}" for i in range(len(e))]
   if skipped and log:
@@ -82,6 +94,9 @@ def search(scan, queries=None, k=50, model=None, obsids=None, embeddings=None, e
                                                    else ": give spectra, obsids or embeddings"))
   q = np.concatenate(q)
   dist, rows, how = nearest(emb, q, k, exact, nprobe, rebuild, log)
+  if how.get("left_out") and log:
+    log(f"astrotl.similar: {how['left_out']} spectra of the scan have embeddings that are not "
+        "finite and were left out (a damaged chunk file)")
   t = _table(emb, names, dist, rows, how, m)
   t.meta["skipped"] = skipped
   return t
@@ -112,7 +127,7 @@ def nearest(emb, q, k, exact=None, nprobe=None, rebuild=False, log=None):
     exact = emb.n < ann.INDEX_FROM
   if exact:
     d, r = ann.exact(emb, q, k)
-    return d, r, {"kind": "exact", "n": emb.n}
+    return d, r, {"kind": "exact", "n": emb.n, "left_out": emb.left_out}
   path = emb.folder / "similar" / "index.faiss"
   about = None
   if path.exists() and not rebuild:

@@ -43,12 +43,14 @@ def exact(emb, queries, k, block=65536):
   best_i = np.zeros((len(q), 0), np.int64)
   for first, b in emb.blocks(block):
     d2 = metric.sq_distances(q, b)
+    d2[:, ~np.isfinite(b).all(axis=1)] = np.inf  # a non-finite row is never a neighbour
     take = min(k, d2.shape[1])
     part = np.argpartition(d2, take - 1, axis=1)[:, :take]
     best_d = np.concatenate([best_d, np.take_along_axis(d2, part, 1)], axis=1)
     best_i = np.concatenate([best_i, part + first], axis=1)
     keep = np.argsort(best_d, axis=1, kind="stable")[:, :k]
     best_d, best_i = np.take_along_axis(best_d, keep, 1), np.take_along_axis(best_i, keep, 1)
+  best_i[~np.isfinite(best_d)] = -1  # fewer than k usable rows
   return np.sqrt(best_d), best_i
 
 
@@ -83,15 +85,18 @@ def build(emb, path, nlist=None, m=None, train_size=None, seed=0, block=65536, l
   index = faiss.IndexIVFPQ(faiss.IndexFlatL2(emb.dim), emb.dim, nlist, m, 8)
   index.cp.seed = seed
   index.pq.cp.seed = seed
-  index.train(emb.rows(sample))
+  train = emb.rows(sample)
+  index.train(train[np.isfinite(train).all(axis=1)])
   t_train = time.time() - t0
   for first, b in emb.blocks(block):
-    index.add(b)
+    ok = np.isfinite(b).all(axis=1)  # a non-finite row is left out of the index
+    index.add_with_ids(b[ok], np.arange(first, first + len(b), dtype=np.int64)[ok])
     if log:
       log(f"astrotl.similar: indexed {first + len(b)} of {emb.n} spectra")
   write_atomic(path, lambda t: faiss.write_index(index, str(t)))
   about = {"kind": "ivfpq", "digest": emb.digest(), "n": emb.n, "dim": emb.dim,
            "nlist": nlist, "m": m, "train_size": train_size, "seed": seed,
+           "left_out": emb.left_out,
            "train_seconds": t_train, "build_seconds": time.time() - t0,
            "bytes": os.path.getsize(path), "faiss": faiss.__version__}
   write_atomic(f"{path}.json", lambda t: t.write_text(json.dumps(about, indent=1)))

@@ -5,6 +5,10 @@ embeddings as `chunks/chunk_NNNNNN.embedding.npy` (float16, (rows, D), the same 
 Row number r of the whole scan is row r - offsets[i] of chunk i, and row r of
 predictions.parquet.  Chunks are opened memory-mapped, so only the pages read are in
 memory; blocks are made unit-length (`metric.unit`) as they are read.
+
+Nothing in the files is trusted: each chunk's embeddings must have as many rows as its
+table (else SimilarError naming the file), and a row that is not finite (NaN or inf) is
+left out of every search and index, and counted (`left_out`).
 """
 
 import json
@@ -46,8 +50,25 @@ class Embeddings:
     self.dim = int(self.manifest["embeddings"]["width"])
     self._maps = {}
     counts = [self._open(i, keep=False).shape[0] for i in range(self.store.n_chunks)]
+    self._check_rows(counts)
     self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     self.n = int(self.offsets[-1])
+    self.left_out = None  # rows with non-finite embeddings, once a pass has seen them all
+
+  def _check_rows(self, counts):
+    """Row i of a chunk's embeddings is row i of its table: their lengths must agree
+    (a shorter file would shift every later row onto the wrong spectrum)."""
+    import pyarrow.parquet as pq
+    for i, n in enumerate(counts):
+      table = self.store.chunks / f"{self.store.name(i)}.parquet"
+      try:
+        rows = pq.ParquetFile(table).metadata.num_rows
+      except (OSError, ValueError) as e:
+        raise SimilarError(f"{table}: cannot read the chunk's rows ({e})") from None
+      if rows != n:
+        raise SimilarError(f"{self.store.embedding_path(i)}: {n} embeddings, but the chunk "
+                           f"has {rows} rows; the scan's files are damaged: scan again "
+                           "with --embeddings into a new --out")
 
   def _open(self, i, keep=True):
     if i in self._maps:
@@ -73,22 +94,28 @@ class Embeddings:
     return h.hexdigest()[:16]
 
   def blocks(self, size: int = 65536):
-    """(first row, unit float32 block) over all rows, at most `size` rows at a time."""
-    buf, start, first = [], 0, 0
+    """(first row, unit float32 block) over all rows, at most `size` rows at a time; a
+    non-finite row stays NaN (callers leave it out) and a whole pass sets `left_out`."""
+    buf, start, first, bad = [], 0, 0, 0
     for i in range(self.store.n_chunks):
       a = self._open(i, keep=False)  # a pass over everything: let each map go
       for s in range(0, len(a), size):
         buf.append(a[s:s + size])
         start += len(buf[-1])
         if start - first >= size:
-          block = np.concatenate(buf)
-          yield first, metric.unit(block)
+          block = _unit(np.concatenate(buf))
+          bad += int((~np.isfinite(block).all(axis=1)).sum())
+          yield first, block
           buf, first = [], start
     if buf:
-      yield first, metric.unit(np.concatenate(buf))
+      block = _unit(np.concatenate(buf))
+      bad += int((~np.isfinite(block).all(axis=1)).sum())
+      yield first, block
+    self.left_out = bad
 
   def rows(self, ids) -> np.ndarray:
-    """Unit embeddings (float32) of scan rows `ids` (any order, repeats allowed)."""
+    """Unit embeddings (float32) of scan rows `ids` (any order, repeats allowed); a row
+    that is not finite comes back NaN."""
     ids = np.asarray(ids, np.int64)
     out = np.zeros((len(ids), self.dim), np.float32)
     chunk = np.searchsorted(self.offsets, ids, side="right") - 1
@@ -98,7 +125,7 @@ class Embeddings:
       local = ids[sel] - self.offsets[i]
       order = np.argsort(local)  # ascending reads from the memory map
       out[sel[order]] = a[local[order]]
-    return metric.unit(out)
+    return _unit(out)
 
   def table(self, ids, names=COLUMNS):
     """Arrow table of the chunk tables' columns `names` (those the scan has) for scan rows
@@ -139,3 +166,8 @@ class Embeddings:
       out[which[fresh]] = self.offsets[i] + rows[first[fresh]]
     where = {v: k for k, v in enumerate(unique)}
     return out[[where[v] for v in values]]
+
+
+def _unit(x):
+  with np.errstate(invalid="ignore"):  # a non-finite row becomes NaN, quietly: it is counted
+    return metric.unit(x)
