@@ -9,13 +9,14 @@
 The source is a bundled model (`wd_stage1`, `upsilont`, `wd_two_stage:stage2`), a model
 bundle (`x.npz`, or `x.npz:stage1` for one of its networks), an orbax training workdir
 (`train.fit`, `python -m astrotl.main`), or Tan et al.'s PyTorch stage 1
-(`torch:7_cnn_model.pt`).  The catalog is read with the scan's readers and the source's
-preprocessing and split by object and class (`astrotl.labelled`).  Training is
-`train.fit` with the transfer recipe as configuration: a new head for the new classes
-(zero-initialised), `freeze=` and `skip=` regexes over parameter names, Zoobot's
-`n_blocks` and `lr_decay`, and `from_scratch=True` for the baseline.  The best
-weights on the validation split are kept, a temperature is fitted on that split, and
-accuracy and per-class completeness / purity are printed for validation and test.
+(`torch:7_cnn_model.pt`), as `astrotl.sources` resolves them.  The catalog is read with
+the scan's readers and the source's preprocessing and split by object and class
+(`astrotl.labelled`).  Training is `train.fit` with the transfer recipe as
+configuration: a new head for the new classes (zero-initialised), `freeze=` and `skip=`
+regexes over parameter names, Zoobot's `n_blocks` and `lr_decay`, and `from_scratch=True`
+for the baseline.  The best weights on the validation split are kept, a temperature is
+fitted on that split, and accuracy and per-class completeness / purity are printed for
+validation and test.
 
 The output is a model bundle that `astrotl.load_model` and `python -m astrotl.scan
 --model=` take as they are: class names, the source's input spec, the temperature, and
@@ -38,88 +39,6 @@ from astrotl import cli
 
 PROG = "astrotl.finetune"
 
-DEFAULT_INPUTS = {"cnn1d": {"type": "spectrum", "normalise": "tan", "pixels": 3700}}
-
-
-# --- where to start from ------------------------------------------------------------------
-
-def load_source(source, input=None):
-  """The network to start from, as a `bundle.Model` of one network.
-
-  source: a bundled name or bundle path (`name:network` picks one network of a
-    multi-network bundle), an orbax workdir of `train.fit` (or its checkpoints/ or one
-    step directory; the model and its settings come from the checkpoint's config), or
-    'torch:7_cnn_model.pt'.
-  input: an input spec replacing the source's (`bundle` docstring); a workdir records
-    none, so a workdir of anything but a Tan-normalised cnn1d needs one.
-  """
-  from astrotl import bundle
-  spec = os.fspath(source)
-  if not spec.startswith("torch:") and os.path.isdir(spec):
-    model = _from_workdir(spec, input)
-  else:
-    name, network = _network_of(spec)
-    if not name.startswith("torch:") and name not in bundle.BUNDLED and not os.path.exists(name):
-      raise FileNotFoundError(f"{spec}: no such model bundle or training workdir, and not a "
-                              f"bundled model ({', '.join(bundle.BUNDLED)})")
-    model = bundle.load_model(name)
-    if network:
-      if network not in model.networks:
-        raise bundle.BundleError(f"{spec}: no network {network!r}; {name} has "
-                                 f"{', '.join(model.networks)}")
-      model = model.subset(network, name=spec)
-    elif len(model.networks) > 1:
-      raise bundle.BundleError(f"{spec} holds {len(model.networks)} networks "
-                               f"({', '.join(model.networks)}); name one, e.g. "
-                               f"{name}:{next(iter(model.networks))}")
-  if input is not None:
-    model.input = dict(input)
-    model.meta = dict(model.meta, input=model.input)
-  return model
-
-
-def is_model(spec) -> bool:
-  """True when `spec` names a model rather than a training workdir: 'torch:...', a
-  bundled name, an existing file or a path ending in .npz (with ':network' or not)."""
-  from astrotl import bundle
-  spec = os.fspath(spec)
-  name, _ = _network_of(spec)
-  return spec.startswith("torch:") or name in bundle.BUNDLED or name.endswith(".npz") or \
-      os.path.isfile(name)
-
-
-def _network_of(spec):
-  """('x.npz', 'stage1') for 'x.npz:stage1' (also for bundled names); (spec, None) else."""
-  from astrotl import bundle
-  head, sep, tail = spec.rpartition(":")
-  if sep and tail and (head in bundle.BUNDLED or head.endswith(".npz")):
-    return head, tail
-  return spec, None
-
-
-def _from_workdir(path, input):
-  from astrotl import bundle, checkpoint
-  variables = checkpoint.load_variables(path)
-  config = checkpoint.load_record(path).get("config")
-  config = json.loads(config) if isinstance(config, str) else config
-  if not config or "model" not in config:
-    raise bundle.BundleError(f"{path}: the checkpoint records no config, so the model is "
-                             "unknown; start from a bundle instead")
-  name = config["model"]
-  settings = {k: v for k, v in (config.get("model_config") or {}).items() if k != "frozen"}
-  spec = input or DEFAULT_INPUTS.get(name)
-  if spec is None:
-    raise bundle.BundleError(f"{path}: a {name} checkpoint records no input spec; pass "
-                             "input= (e.g. {'type': 'spectrum', 'normalise': 'continuum', "
-                             "'clip': [-0.5, 3.0], 'bin': 2})")
-  width = int(np.shape(variables["params"]["head"]["bias"])[0])
-  meta = {"format": 2, "name": pathlib.Path(path).name, "input": dict(spec),
-          "networks": {"main": {"model": name, "config": settings, "output": "classes",
-                                "classes": [f"class_{i}" for i in range(width)],
-                                "temperature": 1.0}},
-          "rule": None, "about": {"source": os.path.abspath(path)}}
-  return bundle.Model({"main": variables}, meta, source=path)
-
 
 # --- fine-tuning --------------------------------------------------------------------------
 
@@ -139,6 +58,8 @@ def finetune(catalog, source="wd_stage1", out="model.npz", *, root=None, label_c
     'block_.*' (the convolutional trunk); skip: names not taken from the source (the
     old head); n_blocks, lr_decay: Zoobot's knobs; from_scratch: same model and data, no
     transfer (the baseline).  balanced: class weights inverse to the training counts.
+    Every regex (and the label transform's name) is checked before anything is read: a
+    ValueError naming the flag, the pattern and re's message (`check_patterns`).
   input: an input spec replacing the source's.  workdir: keep checkpoints and
     metrics.jsonl there (re-running resumes); default a temporary folder.
   command: the command to record in the bundle (the CLI passes its own).
@@ -146,9 +67,10 @@ def finetune(catalog, source="wd_stage1", out="model.npz", *, root=None, label_c
   confusion) is printed and kept in the returned model's `meta["about"]["evaluation"]`.
   """
   arguments = {k: v for k, v in locals().items() if k not in ("log", "command")}
-  from astrotl import bundle, labelled, parallel, train
+  check_patterns(freeze, skip, config, label_transform)  # before anything is read
+  from astrotl import bundle, labelled, parallel, sources, train
   t0 = datetime.datetime.now(datetime.timezone.utc)
-  src = load_source(source, input)
+  src = sources.load_source(source, input)
   net = src.primary
   kind = src.input.get("type", "spectrum")
   data = labelled.load(catalog, kind, src.input, root=root, label_column=label_column,
@@ -156,6 +78,7 @@ def finetune(catalog, source="wd_stage1", out="model.npz", *, root=None, label_c
                        path_column=path_column, group_column=group_column, split=split,
                        seed=seed, allow_outside_root=allow_outside_root, progress=progress,
                        log=log)
+  check_classes(data, split)  # before training: a 1-class model would score accuracy 1
   spec = dict(src.input)
   if kind == "lightcurve":
     spec = _standardise_features(data, spec)
@@ -202,6 +125,55 @@ def finetune(catalog, source="wd_stage1", out="model.npz", *, root=None, label_c
       log(report(s, evaluation[s], classes))
     log(f"temperature {temperature:.3g}; wrote {out}")
   return bundle.load_model(out)
+
+
+def check_classes(data, split):
+  """Refuses a labelled catalog a classifier cannot be fitted and calibrated on, with a
+  one-line ValueError: fewer than two classes with training examples, a class without
+  any, or (when the split has a validation part) a class missing from validation, where
+  the temperature and the best step are chosen."""
+  counts = data.counts()
+  train = [c for c in data.classes if counts["train"][c]]
+  total = {c: sum(counts[s][c] for s in counts) for c in data.classes}
+  if len(train) < 2:
+    raise ValueError(f"{data.catalog}: {len(train)} class{'es' if len(train) != 1 else ''} "
+                     f"with training examples ({', '.join(train) or 'none'}); a classifier "
+                     "needs at least two: label more classes (check --label_column, "
+                     "--label_transform and --classes)")
+  for c in data.classes:
+    if not counts["train"][c]:
+      raise ValueError(f"{data.catalog}: class {c!r} has no training examples ({total[c]} in "
+                       "all); label more of it or leave it out of --classes")
+  if len(split) > 1 and float(split[1]) > 0:
+    for c in data.classes:
+      if not counts["validation"][c]:
+        raise ValueError(f"{data.catalog}: class {c!r} has no examples in the validation "
+                         f"split ({total[c]} in all; a class needs 3 or more objects, one "
+                         f"per split): label more {c} objects, leave it out of --classes, "
+                         "or give --split no validation part (e.g. 0.85,0,0.15)")
+
+
+def check_patterns(freeze="", skip=(), config=None, label_transform=None):
+  """Compiles every regex of the recipe (freeze, each skip, and those in `config`'s
+  transfer) and checks the label transform's name, so that a typo fails at once, not
+  after the spectra are read: ValueError naming the flag, the pattern and re's message."""
+  import re
+  transfer = (config or {}).get("transfer") or {}
+  patterns = [("--freeze", freeze)] + [("--skip", p) for p in skip or ()]
+  patterns += [("config transfer.freeze", transfer.get("freeze"))]
+  patterns += [("config transfer.skip", p) for p in transfer.get("skip") or ()]
+  for flag, pattern in patterns:
+    if not pattern:
+      continue
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      raise ValueError(f"{flag}={pattern!r}: not a regular expression ({e})") from None
+  if isinstance(label_transform, str) and label_transform:
+    from astrotl import labelled
+    if label_transform not in labelled.TRANSFORMS:
+      raise ValueError(f"--label_transform={label_transform!r}: use one of "
+                       f"{', '.join(labelled.TRANSFORMS)} (or, from Python, a function)")
 
 
 def _train_config(net, classes, y_train, steps, batch_size, learning_rate, seed, freeze, skip,
@@ -379,7 +351,8 @@ def _define_flags():
   f.DEFINE_integer("batch_size", d["batch_size"], "Examples per step.")
   f.DEFINE_float("learning_rate", d["learning_rate"], "Learning rate (Adam).")
   f.DEFINE_string("freeze", "", "Regex of parameter names to freeze, e.g. 'block_.*' (the "
-                  "convolutional trunk; BatchNorm statistics stay frozen too).")
+                  "convolutional trunk; BatchNorm statistics stay frozen too).  Checked "
+                  "before anything is read.")
   f.DEFINE_list("skip", list(d["skip"]), "Regexes of parameters not taken from the source.")
   f.DEFINE_integer("n_blocks", None, "Zoobot: train only the top N blocks below the head.")
   f.DEFINE_float("lr_decay", None, "Zoobot: learning-rate factor per block below the head.")

@@ -128,10 +128,10 @@ def transfer_variables(config, fresh: dict, pretrained: dict | None = None) -> d
 def load_pretrained(spec) -> dict:
   """Variables for `transfer.init_from`: an orbax checkpoint (a workdir, its checkpoints/
   or a step directory), or a model bundle ('x.npz', 'x.npz:stage1'), a bundled model
-  ('wd_stage1') or 'torch:7_cnn_model.pt' (one network, see `finetune.load_source`)."""
-  from astrotl.finetune import is_model, load_source
-  if is_model(spec):
-    return load_source(spec).primary.variables
+  ('wd_stage1') or 'torch:7_cnn_model.pt' (one network, see `sources.load_source`)."""
+  from astrotl import sources  # on first use: a source needs bundle, training does not
+  if sources.is_model(spec):
+    return sources.load_source(spec).primary.variables
   return checkpoint.load_variables(spec)  # an error names a missing path as a checkpoint
 
 

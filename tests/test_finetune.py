@@ -1,6 +1,7 @@
-"""Fine-tuning on a labelled catalog of real files: labelled splits, every kind of source,
-the bundle it writes (frozen weights untouched, loadable, scannable), the command line,
-configs by name and init_from a bundle, and the front door."""
+"""Fine-tuning on a labelled catalog of real files: labelled splits, a training workdir
+as a source (the other kinds: test_sources.py), the bundle it writes (frozen weights
+untouched, loadable, scannable), the command line, configs by name and init_from a
+bundle, and the front door."""
 
 import csv
 import json
@@ -13,12 +14,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from astrotl import bundle, data, finetune, labelled, models, scan, surgery, train
+from astrotl import bundle, data, finetune, labelled, models, scan, sources, surgery, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = data.sample_dir("spectra")
 AFGKM = ["A", "F", "G", "K", "M"]
 TAN = {"type": "spectrum", "normalise": "tan", "pixels": 3700}
+SHIPPED = dict(TAN, normalise="tan_robust")  # the input of the bundled wd_stage1
 
 
 def _env(devices=1):
@@ -72,7 +74,7 @@ def test_frozen_trunk_and_its_batchnorm_statistics_are_bit_identical(afgkm):
 def test_the_bundle_loads_predicts_and_says_where_it_came_from(afgkm):
   model, out, _ = afgkm
   assert model.classes == AFGKM and model.kind == "classifier"
-  assert model.input == TAN
+  assert model.input == SHIPPED
   files = sorted(SAMPLE.rglob("*.fits.gz"))[:4]
   t = bundle.load_model(out).predict(files)
   assert len(t) == 4 and set(t["pred_class"]) <= set(AFGKM)
@@ -109,7 +111,7 @@ def test_labelled_catalog_reports_bad_files_groups_objects_and_feeds_what_predic
   rows.append(dict(rows[3], file="broken.fits.gz"))
   cat = _write_csv(tmp_path / "cat.csv", rows, list(rows[0]))
   logs = []
-  d = labelled.load(cat, "spectrum", TAN, label_column="subclass", label_transform="letter",
+  d = labelled.load(cat, "spectrum", SHIPPED, label_column="subclass", label_transform="letter",
                     split=(0.5, 0.25, 0.25), progress=False, log=logs.append)
   assert sorted(p for p, _ in d.errors) == [str(tmp_path / "broken.fits.gz"),
                                             str(tmp_path / "missing/spec-0.fits.gz")]
@@ -122,7 +124,8 @@ def test_labelled_catalog_reports_bad_files_groups_objects_and_feeds_what_predic
   _, x = bundle.load_model("wd_stage1").network_inputs(files)
   assert d.splits["train"]["x"][:3].tobytes() == x.tobytes()
   # deterministic for a seed
-  again = labelled.load(cat, "spectrum", TAN, label_column="subclass", label_transform="letter",
+  again = labelled.load(cat, "spectrum", SHIPPED, label_column="subclass",
+                        label_transform="letter",
                         split=(0.5, 0.25, 0.25), progress=False, log=None)
   assert again.splits["test"]["files"] == d.splits["test"]["files"]
 
@@ -172,52 +175,12 @@ def tiny_workdir(tmp_path_factory, tiny_bundles):
   return path
 
 
-def _tan_state_dict(torch):
-  """A random state dict in Tan et al.'s CNN_Model1 layout (7 classes)."""
-  rng = np.random.default_rng(0)
-  chans, ks = (1, 10, 10, 20, 30, 40, 50, 60, 60), (1, 2, 3, 4, 5, 7, 8, 9)
-  out = {}
-  for i in range(8):
-    out[f"conv{i}.0.weight"] = rng.normal(0, 0.1, (chans[i + 1], chans[i], 1, ks[i]))
-    out[f"conv{i}.0.bias"] = rng.normal(0, 0.1, chans[i + 1])
-    for k, v in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-      out[f"conv{i}.1.{k}"] = np.full(chans[i + 1], v)
-  out["dense1.1.weight"] = rng.normal(0, 0.01, (1024, 60 * 219))
-  out["dense1.1.bias"] = np.zeros(1024)
-  out["dense2.0.weight"] = rng.normal(0, 0.01, (7, 1024))
-  out["dense2.0.bias"] = np.zeros(7)
-  return {k: torch.tensor(v, dtype=torch.float32) for k, v in out.items()}
-
-
-def test_every_kind_of_source_is_accepted(tmp_path, tiny_bundles, tiny_workdir):
-  m = finetune.load_source("wd_stage1")
-  assert list(m.networks) == ["stage1"] and m.primary.meta["config"]["dense_width"] == 256
-  assert list(finetune.load_source("wd_two_stage:stage2").networks) == ["stage2"]
-  with pytest.raises(bundle.BundleError, match="wd_two_stage:stage1"):
-    finetune.load_source("wd_two_stage")
-  m = finetune.load_source(tiny_bundles["classifier"])
-  assert m.primary.meta["config"]["channels"] == [4] * 8
-  m = finetune.load_source(f"{tiny_bundles['shared']}:stage2")
-  assert m.classes == ["other", "WD"]
-  with pytest.raises(FileNotFoundError, match="no such model bundle or training workdir"):
-    finetune.load_source(tmp_path / "nowhere.npz")
-  work = tiny_workdir
-  m = finetune.load_source(work)
+def test_a_training_workdir_is_a_source(tiny_workdir):
+  # the other kinds of source are in test_sources.py; this one reuses the workdir here
+  m = sources.load_source(tiny_workdir)
   assert m.primary.meta["model"] == "cnn1d" and m.input == TAN and len(m.classes) == 3
   from astrotl import checkpoint
-  want = checkpoint.load_variables(work)
-  for k, v in surgery.flatten(want).items():
-    np.testing.assert_array_equal(surgery.flatten(m.primary.variables)[k], v)
-
-
-def test_torch_weights_are_a_source(tmp_path):
-  torch = pytest.importorskip("torch")
-  from astrotl.io import weights
-  path = tmp_path / "7_cnn_model.pt"
-  torch.save(_tan_state_dict(torch), path)
-  m = finetune.load_source(f"torch:{path}")
-  assert len(m.classes) == 7 and m.input == TAN
-  want = weights.tan_cnn1d(weights.load_torch(path), 7)
+  want = checkpoint.load_variables(tiny_workdir)
   for k, v in surgery.flatten(want).items():
     np.testing.assert_array_equal(surgery.flatten(m.primary.variables)[k], v)
 
@@ -344,3 +307,21 @@ def test_labelled_light_curves(tmp_path, shared_data):
   model = finetune(cat, source="upsilont", out=tmp_path / "lc.npz", root=folder, steps=2,
                    batch_size=8, progress=False, log=None)
   assert model.classes == d.classes and model.input["type"] == "lightcurve"
+
+
+def test_a_bad_regex_flag_fails_in_one_line_before_anything_is_read(tmp_path):
+  # from Python: the catalog does not even exist, yet the pattern is what is reported
+  with pytest.raises(ValueError, match=r"^--freeze='block_\[': not a regular expression "
+                                       r"\(unterminated character set at position 6\)$"):
+    finetune(tmp_path / "nonexistent.csv", freeze="block_[", log=None)
+  with pytest.raises(ValueError, match=r"^--skip='head/\(': not a regular expression"):
+    finetune(tmp_path / "nonexistent.csv", skip=("head/.*", "head/("), log=None)
+  with pytest.raises(ValueError, match="--label_transform='leter'"):
+    finetune(tmp_path / "nonexistent.csv", label_transform="leter", log=None)
+  r = subprocess.run([sys.executable, "-m", "astrotl.finetune", f"--catalog={SAMPLE / 'index.csv'}",
+                      "--label_column=subclass", "--freeze=block_[", "--out=x.npz"],
+                     cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+  assert "--freeze='block_['" in lines[0] and "unterminated character set" in lines[0]
+  assert "reading" not in r.stdout + r.stderr and not (tmp_path / "x.npz").exists()
