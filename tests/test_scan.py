@@ -266,7 +266,7 @@ def test_no_argument_scan_of_the_bundled_sample(tmp_path):
   assert "Unable to initialize backend" not in r.stderr and "Traceback" not in r.stderr
   out = tmp_path / "astrotl-scan"
   pred = _predictions(out)
-  sample = data.sample_index("spectra")
+  sample = data.sample_index("spectra") + data.sample_index("spectra/sdss_boss")
   assert sorted(os.path.basename(f) for f in pred["file"]) == sorted(p["path"].name for p in sample)
   model = bundle.load_model("wd_two_stage")
   scored = np.array([v is not None for v in pred["p_wd"]])
@@ -278,7 +278,28 @@ def test_no_argument_scan_of_the_bundled_sample(tmp_path):
   np.testing.assert_allclose(sum(pred[c] for c in probs), 1.0, atol=1e-4)
   assert summary["n_scanned"] == len(sample) and summary["n_errors"] == 0
   assert "spectra scanned" in r.stdout
+  # the one real white dwarf of the sample (SDSS BOSS) is found, and nothing else
+  cand = [os.path.basename(f) for f, c in zip(pred["file"], pred["candidate"]) if c]
+  assert cand == ["spec-4455-55539-0692.fits.gz"] and summary["n_candidates"] == 1
   # the sample holds real A-M stars and no white dwarfs: stage 1 should mostly say so
   agree = [p == s[:1] for p, s in zip(pred["class1"], pred["survey_subclass"])
            if s and s[:1] in "AFGKM"]
   assert np.mean(agree) > 0.6
+
+
+def test_an_unknown_veto_class_fails_in_one_line_before_any_work(tmp_path):
+  from astrotl import rules
+  # checked before the catalog is even looked at (a survey catalog takes a while to read)
+  with pytest.raises(rules.RuleError) as e:
+    scan.scan(catalog="/nonexistent.csv", out=tmp_path / "o", veto=["QSO", "STARZ"],
+              progress=False, log=lambda *_: None)
+  assert str(e.value).startswith("--veto=STARZ: not a survey class")
+  assert "STAR, GALAXY, QSO, Unknown" in str(e.value) and not (tmp_path / "o").exists()
+  assert rules.veto_classes(["qso", "galaxy", ""]) == ["QSO", "GALAXY"]
+  r = subprocess.run([sys.executable, "-m", "astrotl.scan", "--progress=false", "--veto=STARZ",
+                      f"--out={tmp_path / 'o'}"], env=_env(1), capture_output=True, text=True,
+                     timeout=600)
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+  assert "--veto=STARZ" in lines[0] and "STAR, GALAXY, QSO, Unknown" in lines[0]
+  assert not (tmp_path / "o").exists()

@@ -57,6 +57,24 @@ def test_user_errors_are_one_line_and_exit_2(args, words, tmp_path):
   assert not (tmp_path / "o" / "chunks").exists()  # failed before any work
 
 
+@pytest.mark.parametrize("module,args,words", [
+    ("astrotl.scan", ["--spectrra=x"], ["'spectrra'", "Did you mean: spectra"]),
+    ("astrotl.scan", ["--threshold=abc"], ["--threshold=abc", "float"]),
+    ("astrotl.similar", ["--outt=x"], ["'outt'", "Did you mean: out"]),
+    ("astrotl.similar", ["--k=abc"], ["--k=abc"]),
+    ("astrotl.finetune", ["--outt=x"], ["'outt'", "Did you mean: out"]),
+    ("astrotl.finetune", ["--steps=abc"], ["--steps=abc"]),
+    ("astrotl.classify_lightcurves", ["--outt=x"], ["'outt'", "Did you mean: out"]),
+    ("astrotl.classify_lightcurves", ["--batch_size=abc"], ["--batch_size=abc"]),
+])
+def test_flag_mistakes_are_one_line_and_exit_2(module, args, words):
+  """absl's own message is two lines and exit 1; its 'Did you mean' hint is kept."""
+  r = subprocess.run([sys.executable, "-m", module, *args], env=_env(), capture_output=True,
+                     text=True, timeout=120)
+  line = _one_line_error(r, *words)
+  assert line.startswith(f"{module}: ") and r.stdout == "", (line, r.stdout)
+
+
 def test_known_without_radec_columns_fails_before_scanning(tmp_path):
   known = tmp_path / "known.csv"
   known.write_text("name,x,y\nwd,1,2\n")
@@ -110,17 +128,18 @@ def test_catalog_keeps_only_the_columns_asked_for_and_errors_list_all(tmp_path, 
   cat = shared_data / "spectra" / "catalogs" / "jhliu_dr8_snrg30_grouped_ccf_test.csv"
   root = shared_data / "spectra" / "lamost_dr8v1_image_format"
   everything = scan.inputs.from_catalog(str(cat), str(root))
-  kept = scan.inputs.from_catalog(str(cat), str(root), keep=scan.inputs.CARRIED)
+  keep = ("obsid", "ra", "dec", "snrg")
+  kept = scan.inputs.from_catalog(str(cat), str(root), keep=keep)
   assert kept.paths == everything.paths and len(kept.table) < len(everything.table)
   from astrotl.io import catalog
-  assert set(kept.table) <= {*scan.inputs.CARRIED, *catalog.PATH_ALIASES,
+  assert set(kept.table) <= {*keep, *catalog.PATH_ALIASES,
                              *catalog.LAMOST_PATH_COLUMNS}
   for c in kept.table:
     np.testing.assert_array_equal(kept.table[c], everything.table[c])
   bad = tmp_path / "bad.csv"
   bad.write_text("ra,dec,teff,wanted\n1,2,3,4\n")
   with pytest.raises(scan.InputError, match=r"columns are \['dec', 'ra', 'teff', 'wanted'\]"):
-    scan.inputs.from_catalog(str(bad), str(tmp_path), keep=scan.inputs.CARRIED)
+    scan.inputs.from_catalog(str(bad), str(tmp_path), keep=("obsid",))
 
 
 def test_catalog_duplicates_scanned_once_and_escapes_refused(tmp_path, tiny_bundles):

@@ -1,11 +1,12 @@
 """Catalogs: the LAMOST general catalog and extracts of it (CSV / FITS), known-object
 lists, and the sky cross-match.
 
-Columns are read as plain numpy arrays.  Names are lower-cased and a leading
-'combined_' is dropped (LAMOST's joined catalogs prefix every column with it), and
-columns are then found by aliases (`file`, `filename`, `ra_obs`, ...).  Every lookup
+Columns are read as plain numpy arrays (`read_table`).  Names are lower-cased and a
+leading 'combined_' is dropped (LAMOST's joined catalogs prefix every column with it),
+and columns are then found by aliases (`file`, `filename`, `ra_obs`, ...).  Every lookup
 takes an explicit override, and a missing column is an error that lists the columns
-the file does have.
+the file does have.  `read_arrow` reads every column as the file names it, for carrying
+into outputs.
 """
 
 import gzip
@@ -39,13 +40,15 @@ def read_table(path, columns=None) -> dict:
   name = os.fspath(path).lower()
   wanted = None if columns is None else set(columns)
   if name.endswith(_FITS_SUFFIXES):
-    columns = _read_fits(path, wanted)
+    pairs = _read_fits(path, wanted).items()
   elif name.endswith(_TEXT_SUFFIXES):
-    columns = _read_text(path, wanted)
+    pairs = _numpy_columns(_read_csv(path, wanted))
+    import pyarrow
+    pyarrow.default_memory_pool().release_unused()  # the parse buffers; RSS is what counts
   else:
     raise CatalogError(path, f"not a catalog: expected one of {', '.join(SUFFIXES)}")
   out = {}
-  for key, values in columns.items():
+  for key, values in pairs:
     key = column_name(key)
     if key and key not in out:
       out[key] = values
@@ -54,7 +57,32 @@ def read_table(path, columns=None) -> dict:
   return out
 
 
-def _read_text(path, wanted=None):
+def read_arrow(path):
+  """Every column of a CSV or FITS catalog as a pyarrow Table, named as the file names
+  them (case and any 'combined_' prefix kept, duplicates and unnamed columns too): what
+  the scan carries into its outputs.  Missing values are nulls (an empty or NaN field, a
+  FITS TNULL), dates are text as written, and a FITS vector column is text.  Text is held as arrow strings, a byte a character, not as numpy's 4."""
+  import pyarrow as pa
+  name = os.fspath(path).lower()
+  if name.endswith(_FITS_SUFFIXES):
+    return _fits_arrow(path)
+  if not name.endswith(_TEXT_SUFFIXES):
+    raise CatalogError(path, f"not a catalog: expected one of {', '.join(SUFFIXES)}")
+  import pyarrow.compute as pc
+  table = _read_csv(path)
+  columns = []
+  for column in table.columns:
+    if pa.types.is_temporal(column.type) or pa.types.is_null(column.type):
+      column = column.cast(pa.string())
+    if pa.types.is_string(column.type):  # '' is a missing value, as everywhere in astrotl
+      column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+    columns.append(column)
+  return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _read_csv(path, wanted=None):
+  """The arrow table of a text catalog (only the columns whose `column_name` is in
+  `wanted`, if given)."""
   import csv
   import pyarrow
   import pyarrow.csv
@@ -71,20 +99,23 @@ def _read_text(path, wanted=None):
     header = next(csv.reader([first.decode("utf-8", "replace")], delimiter=delimiter), [])
     convert.include_columns = [h for h in header if column_name(h) in wanted]
   try:
-    table = pyarrow.csv.read_csv(os.fspath(path), convert_options=convert,
-                                 parse_options=pyarrow.csv.ParseOptions(delimiter=delimiter))
+    return pyarrow.csv.read_csv(os.fspath(path), convert_options=convert,
+                                parse_options=pyarrow.csv.ParseOptions(delimiter=delimiter))
   except (OSError, pyarrow.ArrowException) as e:
     raise CatalogError(path, f"cannot parse catalog: {e}") from None
-  out = {}
+
+
+def _numpy_columns(table):
+  """[(name, numpy array)] of an arrow table, text as str arrays ('' for a missing value)."""
+  import pyarrow
+  out = []
   for name, column in zip(table.column_names, table.columns):
     if pyarrow.types.is_temporal(column.type):  # dates (obsdate) stay text, as written
       column = column.cast(pyarrow.string())
     values = column.to_numpy(zero_copy_only=False)
     if values.dtype == object:
       values = np.array(["" if v is None else str(v) for v in values], dtype=str)
-    out[name] = values
-  del table
-  pyarrow.default_memory_pool().release_unused()  # the parse buffers; RSS is what counts
+    out.append((name, values))
   return out
 
 
@@ -106,6 +137,38 @@ def _read_fits(path, wanted=None):
           values = np.char.strip(np.char.decode(values, "ascii", "replace"))
         out[name] = values.astype(values.dtype.newbyteorder("="))
       return out
+  except SpectrumError:
+    raise
+  except Exception as e:  # astropy raises many exception types for damaged files
+    raise CatalogError(path, f"cannot read FITS catalog ({type(e).__name__}: {e})") from None
+
+
+def _fits_arrow(path):
+  import pyarrow as pa
+  from astropy.io import fits
+  from astropy.table import Table
+
+  try:
+    with fits.open(path, memmap=False) as hdul:
+      hdu = next((h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))), None)
+      if hdu is None:
+        raise CatalogError(path, "FITS catalog has no table HDU")
+      table = Table.read(hdu)  # applies TNULL, TSCAL and masks as astropy does
+      arrays = []
+      for name in table.colnames:
+        col = table[name]
+        data, mask = np.ma.getdata(col), np.ma.getmaskarray(col)
+        if data.ndim > 1:  # a vector column: its text, one string a row
+          data = np.array([" ".join(map(str, np.ravel(v))) for v in data], dtype=str)
+          mask = mask.reshape(len(data), -1).all(axis=1)
+        elif data.dtype.kind == "S":
+          data = np.char.strip(np.char.decode(data, "ascii", "replace"))
+        elif data.dtype.kind == "U":
+          data = np.char.strip(data)
+        if data.dtype.kind == "U":
+          mask = mask | (data == "")
+        arrays.append(pa.array(data.astype(data.dtype.newbyteorder("=")), mask=mask))
+      return pa.Table.from_arrays(arrays, names=list(table.colnames))
   except SpectrumError:
     raise
   except Exception as e:  # astropy raises many exception types for damaged files

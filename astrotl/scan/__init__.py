@@ -23,21 +23,24 @@ With --distributed each process scans the chunks i with i % processes == its ind
 its own devices (inference needs no collectives), then process 0 merges.
 """
 
+import importlib
 import json
 import os
-import signal
 import time
 
-from astrotl.scan.chunks import OutputError
-from astrotl.scan.inputs import InputError
+from astrotl import cli
+from astrotl.cli import Interrupted  # noqa: F401 (SIGINT or SIGTERM; `.signum` says which)
 
 
-class Interrupted(Exception):
-  """SIGINT or SIGTERM arrived; `signum` says which."""
-
-  def __init__(self, signum):
-    super().__init__(signal.Signals(signum).name)
-    self.signum = signum
+def __getattr__(name):
+  # The errors and submodules load on first use, so that `python -m astrotl.scan` sets its
+  # signal handlers before numpy loads.
+  if name in ("InputError", "OutputError"):
+    return getattr(importlib.import_module(
+        "astrotl.scan." + ("inputs" if name == "InputError" else "chunks")), name)
+  if name in ("chunks", "inputs", "merge", "report", "runner", "tables", "workers"):
+    return importlib.import_module(f"astrotl.scan.{name}")
+  raise AttributeError(f"module 'astrotl.scan' has no attribute {name!r}")
 
 
 def candidate_rule(model, select=None, threshold=None, min_snr=None, veto=None):
@@ -79,14 +82,19 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
 
   Re-running the same call continues where a killed or interrupted run stopped.  Bad
   arguments raise InputError, OutputError, BundleError or RuleError before any file is
-  decoded.  On SIGINT/SIGTERM (raised as Interrupted by the command line, or
-  KeyboardInterrupt) every finished chunk is kept and Interrupted is raised with
-  `.saved` = the number of inputs saved so far.
+  decoded.  Under the command line a SIGINT/SIGTERM sets `cli.STOP`, which this checks at
+  safe points (between phases, batches and decoding waits); then, as on a
+  KeyboardInterrupt, every finished chunk is kept and Interrupted is raised with `.saved`
+  = the number of inputs saved so far.
   """
+  from astrotl.scan.inputs import InputError
+  cli.check()
   t_start = time.time()
   check_ranges(threshold=threshold, radius=radius, batch_size=batch_size,
                chunk_size=chunk_size, workers=workers, time_limit=time_limit, top=top,
                min_snr=min_snr, max_missing=max_missing, anomalies=anomalies)
+  from astrotl import rules
+  veto = rules.veto_classes(veto)  # a misspelt class fails now, before the catalog is read
   if anomalies and not embeddings:
     raise InputError("--anomalies needs --embeddings (the anomaly score is computed with them)")
   found, known_cat, m, rule = prepare(spectra, catalog, root, path_column, allow_outside_root,
@@ -95,6 +103,7 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   import jax
   from astrotl import parallel
   from astrotl.scan import chunks, merge as scan_merge, runner, workers as w
+  cli.check()
   parallel.enable_compilation_cache()
   times = {"prepare": time.time() - t_start}
   paths = found.paths
@@ -104,16 +113,19 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   n_proc, me = jax.process_count(), jax.process_index()
   main = me == 0
   store = chunks.Store(out, len(paths), chunk_size)
+  opened = False
   # The decoders start first: their start-up overlaps the model's compilation.
   pool = w.DecodePool(os.cpu_count() if workers is None else workers, time_limit)
   try:
     # A batch never spans chunks: a chunk smaller than the batch would be mostly padding.
     run = runner.Runner(m, parallel.make_mesh(jax.local_devices()),
                         min(batch_size, chunk_size), mode, embed=embeddings)
+    cli.check()
     store.open({"inputs_sha256": digest, "n_inputs": len(paths),
                 "chunk_size": chunk_size, "model": m.identity(), "model_source": m.source,
                 "cascade": list(m.rule["classes"]) if run.mode == "cascade" else None,
                 "embeddings": embedding_manifest(m) if embeddings else None}, main)
+    opened = True
     already = store.n_done_inputs()
     todo = [i for i in range(store.n_chunks) if i % n_proc == me and not store.done(i)]
     n_todo = sum(b - a for a, b in map(store.span, todo))
@@ -125,7 +137,9 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
       times["compile"] = time.time() - t0
       run_chunks(run, pool, store, todo, found, me, progress and main, n_todo)
     seconds = time.time() - t0
-  except BaseException:
+    cli.check()
+  except BaseException as e:
+    _note_saved(e, store if opened else None)
     store.close()
     raise
   finally:
@@ -150,9 +164,20 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
     summary["too_many_missing"] = bool(found.missing > max_missing * len(paths))
     chunks.write_atomic(store.out / "summary.json",
                         lambda p: p.write_text(json.dumps(summary, indent=1)))
+    cli.check()  # a signal during the merge: the outputs are whole, but the user said stop
+  except BaseException as e:
+    _note_saved(e, store)
+    raise
   finally:
     store.close()
   return summary
+
+
+def _note_saved(e, store):
+  """Gives an interrupt `.saved` (inputs in finished chunks) if nothing gave it one."""
+  if (isinstance(e, (Interrupted, KeyboardInterrupt)) and store is not None
+      and getattr(e, "saved", None) is None):
+    e.saved = store.n_done_inputs()
 
 
 def embedding_manifest(model) -> dict:
@@ -171,11 +196,12 @@ def prepare(spectra, catalog, root, path_column, allow_outside_root, known, know
   """Every input checked before any work: (inputs, known catalog, model, candidate rule)."""
   from astrotl import bundle
   from astrotl.scan import inputs as scan_inputs
+  from astrotl.scan.inputs import InputError
   if spectra and catalog:
     raise InputError("give --spectra or --catalog, not both")
   if catalog:
     found = scan_inputs.from_catalog(catalog, root, path_column, allow_outside_root,
-                                       keep=scan_inputs.CARRIED)
+                                       keep=(), carry=True)
     if not found.paths:
       raise InputError(f"--catalog={catalog}: no row can be scanned ({len(found.refused)} "
                        f"refused, {len(found.duplicates)} duplicates)")
@@ -224,22 +250,26 @@ def run_chunks(run, pool, store, todo, found, process, progress, n_todo, unit="s
       key, paths, result = pool.next()
       yield paths, result
 
-  try:
-    for i in todo:
-      writer.put(i, *run.scan_chunk(results(i), store.span(i)[0], found))
-  except (Interrupted, KeyboardInterrupt) as e:
-    pool.close()  # at once: decoding more is pointless
-    writer.close(timeout=1.5)
-    e.saved = store.n_done_inputs()
-    raise
-  finally:
-    writer.close()
-    if bar is not None:
-      bar.close()
+  # A signal in here stops at the next safe point (cli.check), keeping the queued chunks.
+  with cli.saving():
+    try:
+      for i in todo:
+        cli.check()
+        writer.put(i, *run.scan_chunk(results(i), store.span(i)[0], found))
+    except (Interrupted, KeyboardInterrupt) as e:
+      pool.close()  # at once: decoding more is pointless
+      writer.close(timeout=runner.WRITE_GRACE)  # what is queued, if it is saved in time
+      e.saved = store.n_done_inputs()
+      raise
+    finally:
+      writer.close()
+      if bar is not None:
+        bar.close()
 
 
 def check_ranges(**values):
   """Raises InputError naming the first flag whose value is out of its range."""
+  from astrotl.scan.inputs import InputError
   checks = {
       "threshold": lambda v: v is None or 0.0 <= v <= 1.0,
       "radius": lambda v: v > 0,

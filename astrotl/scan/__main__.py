@@ -5,12 +5,15 @@ found; 2 a usage error (one line, no traceback; nothing was scanned); 130 / 143
 interrupted by SIGINT / SIGTERM (every finished chunk is kept: re-run the same command).
 """
 
-from absl import flags
-
 from astrotl import cli
 
-FLAGS = flags.FLAGS
 PROG = "astrotl.scan"
+if __name__ == "__main__":  # first: a signal while absl and jax load ends the scan at once
+  cli.exit_on_signals(PROG)
+
+from absl import flags  # noqa: E402
+
+FLAGS = flags.FLAGS
 
 
 def define_flags():
@@ -63,12 +66,13 @@ def define_flags():
 
 
 def main(argv):
-  from astrotl import bundle, parallel, rules, scan
+  # Before the slow imports: from here a signal stops the scan at its next safe point.
+  cli.raise_on_signals()
   cli.start(PROG, argv)
-  cli.raise_on_signals(scan.Interrupted)
-  parallel.initialize(FLAGS.distributed)
+  from astrotl import bundle, parallel, rules, scan
   F = FLAGS
   try:
+    parallel.initialize(F.distributed)
     summary = scan.scan(
         spectra=F.spectra, catalog=F.catalog, root=F.root, out=F.out, model=F.model,
         select=F.select, threshold=F.threshold, min_snr=F.min_snr, veto=F.veto, known=F.known,
@@ -86,7 +90,7 @@ def main(argv):
   if summary is None:  # not process 0
     return
   rate = summary.get("spectra_per_second")
-  known = f" ({summary['n_known']} known)" if summary.get("known_catalog") else ""
+  known = f" ({summary['n_known_candidates']} known)" if summary.get("known_catalog") else ""
   print(f"astrotl.scan: {summary['n_scanned']} spectra scanned, {summary['n_errors']} "
         f"unreadable, {summary['n_candidates']} candidates{known}; this run "
         f"{summary['files_this_run']} inputs in {summary['seconds']:.1f} s"

@@ -38,6 +38,32 @@ def write_atomic(path: pathlib.Path, write):
     raise
 
 
+_WARM = []
+
+
+def warm_writes():
+  """Loads everything Store.write uses by writing a one-row chunk to memory, once.
+
+  The scan's writer thread calls Store.write; an import there (pyarrow loads pandas on its
+  first parquet write) would wait on the import lock, which a main thread interrupted
+  inside an import can leave held, and a thread still importing when the process exits can
+  crash the interpreter.  So the scan calls this in the main thread before the writer
+  starts.
+  """
+  if _WARM:
+    return
+  import io
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  table = pa.table({"file": ["x"], "p": pa.array([0.5], pa.float32()),
+                    "n": pa.array([None], pa.int64())})
+  table = table.replace_schema_metadata({b"astrotl": b"{}"})
+  pq.write_table(table, pa.BufferOutputStream())
+  np.save(io.BytesIO(), np.zeros((1, 2), np.float16))
+  csv.writer(io.StringIO()).writerows([("file", "reason")])
+  _WARM.append(pq)
+
+
 def auto_chunk_size(n_inputs: int, smallest: int = 64) -> int:
   """About 1/20 of the inputs (so an interrupt keeps most work), in [smallest, 4096].
 
@@ -167,7 +193,8 @@ class Store:
   def write(self, i, table, errors, process=0, embedding=None):
     """Errors and embeddings first, then the rows, whose atomic appearance marks the chunk
     done (so a chunk's embeddings exist exactly when its rows do)."""
-    import pyarrow.parquet as pq
+    warm_writes()  # a no-op in the scan's writer thread: the scan ran it before
+    pq = _WARM[0]
 
     def write_errors(tmp):
       with open(tmp, "w", newline="") as f:

@@ -13,20 +13,17 @@ that leave --root are refused unless allowed, and a file listed twice is scanned
 """
 
 import dataclasses
+import functools
 import glob
 import os
 import pathlib
+import re
 
 import numpy as np
 
 from astrotl.io import catalog as io_catalog
 
 SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz")
-# Catalog columns carried into the predictions (as cat_<name>) when present.
-CARRIED = ("obsid", "designation", "obsdate", "lmjd", "planid", "spid", "fiberid", "ra", "dec",
-           "ra_obs", "dec_obs", "class", "subclass", "z", "snru", "snrg", "snrr", "snri", "snrz",
-           "mag1", "mag2", "mag3", "mag4", "mag5", "mag6", "mag7", "magtype", "teff", "logg",
-           "feh", "rv")
 
 
 class InputError(ValueError):
@@ -42,6 +39,7 @@ class Inputs:
   duplicates: list = dataclasses.field(default_factory=list)  # (row, first row, path)
   refused: list = dataclasses.field(default_factory=list)     # (row, path, reason)
   missing: int = 0                  # inputs with no file on disk
+  carry: object = None              # every catalog column (pyarrow Table), or None
 
   def catalog_rows(self, files, first) -> np.ndarray:
     """Catalog rows of `files`, which are inputs from number `first` on, in order."""
@@ -53,11 +51,30 @@ class Inputs:
       k += 1
     return np.asarray(rows, np.int64)
 
-  def carried(self) -> list:
-    """Catalog columns to carry into the predictions."""
-    if self.table is None:
-      return []
-    return [c for c in CARRIED if c in self.table]
+  @functools.cached_property
+  def _carried(self) -> dict:
+    return carried_names(self.carry.column_names) if self.carry is not None else {}
+
+  def carried(self) -> dict:
+    """{output column: (index in `carry`, the catalog's own name)} of every catalog column
+    carried into the predictions (see `carried_names`); {} without a catalog."""
+    return self._carried
+
+
+def carried_names(names) -> dict:
+  """{output column: (index, catalog column)}: every catalog column as cat_<its name> (case
+  and any 'combined_' prefix kept), made a valid identifier ('snru.1' -> 'snru_1', an
+  unnamed column -> column<k>) and unique ignoring case (a second 'RA' -> cat_RA_2)."""
+  out, seen = {}, set()
+  for i, name in enumerate(names):
+    base = "cat_" + (re.sub(r"\W", "_", str(name).strip()) or f"column{i + 1}")
+    out_name, k = base, 1
+    while out_name.lower() in seen:
+      k += 1
+      out_name = f"{base}_{k}"
+    seen.add(out_name.lower())
+    out[out_name] = (i, str(name))
+  return out
 
 
 def from_spectra(text) -> Inputs:
@@ -120,13 +137,16 @@ def is_catalog(path, path_column=None) -> bool:
 
 
 def from_catalog(path, root=None, path_column=None, allow_outside_root=False,
-                 suffixes=SUFFIXES, flag="--catalog", keep=None) -> Inputs:
+                 suffixes=SUFFIXES, flag="--catalog", keep=None, carry=False) -> Inputs:
   """Files listed by a catalog (see the module docstring); `keep` names the catalog
-  columns to hold in `table` (default all)."""
+  columns to hold in `table` (default all); `carry`: also hold every column, as the file
+  names it, in `carry` (a pyarrow Table, compact for a survey catalog), for the scan to
+  carry into its outputs."""
   if not os.path.isfile(path):
     raise InputError(f"{flag}={path}: no such file")
   try:
     rel, table = io_catalog.catalog_paths(path, path_column, keep)
+    carried = io_catalog.read_arrow(path) if carry else None
   except io_catalog.CatalogError as e:
     raise InputError(str(e)) from None
   if root is not None and not os.path.isdir(root):
@@ -156,7 +176,8 @@ def from_catalog(path, root=None, path_column=None, allow_outside_root=False,
     first[found] = row
     paths.append(found)
     rows.append(row)
-  return Inputs(paths, str(path), table, np.asarray(rows, np.int64), duplicates, refused, missing)
+  return Inputs(paths, str(path), table, np.asarray(rows, np.int64), duplicates, refused, missing,
+                carried)
 
 
 class _Inside:

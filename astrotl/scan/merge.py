@@ -6,6 +6,14 @@ match), candidates.fits and candidates.vot (the candidates, sorted by score), er
 --anomalies=N anomalies.fits and anomalies.vot (the N highest anomaly scores).  The
 embeddings stay in the chunks (`astrotl.similar` reads them there).  Memory holds one
 chunk, the candidates, the best and most anomalous rows and one score per spectrum.
+
+Nulls, as each reader sees them: Parquet has arrow nulls, and beside every integer, text
+or boolean column that can be null a `<name>.mask` column that astropy's Parquet reader
+needs to give a masked column (it ignores arrow nulls: integers would come back as float
+NaN, text as 'None'); FITS has TNULLn (the type's most negative value) for integers,
+NaN for floats and '' for text, which `Table.read` masks; the VOTable has empty cells.
+Every output's column types come from the schema, never from the values, so an empty
+table has the same types as a full one.
 """
 
 import csv
@@ -32,6 +40,7 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
   score = rule["score"] if rule else None
   lengths = string_lengths(store)
   writer, errors, scores, eligible, cands, best = None, [], [], [], [], None
+  schema, masked = None, ()  # of the predictions, without and with the mask columns
   scored = embeddings and model.reference is not None
   odd = None  # the most anomalous rows so far
   classes = {}
@@ -44,9 +53,11 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
       errors += errs
       t = _add_columns(t, model, rule, known)
       if writer is None:
-        info = column_info(model, inputs, known, t.schema.names)
-        writer = pq.ParquetWriter(tmp, schema_with_meta(t.schema, info, lengths))
-      writer.write_table(t.cast(writer.schema))
+        schema = t.schema
+        info = column_info(model, inputs, known, schema.names)
+        masked = mask_columns(schema, inputs)
+        writer = pq.ParquetWriter(tmp, schema_with_meta(schema, info, lengths, masked))
+      writer.write_table(with_masks(t.cast(schema), masked).cast(writer.schema))
       if class_col:
         for c, n in zip(*np.unique(t[class_col].to_numpy(zero_copy_only=False).astype(str),
                                    return_counts=True)):
@@ -76,9 +87,11 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
                        kind="stable")
     cand = cand.take(order)
   n_cand = cand.num_rows if cand is not None else 0
-  write_catalog(out, "candidates", cand, model, inputs, rule, known)
+  empty = schema.empty_table() if schema is not None else None
+  write_catalog(out, "candidates", cand if cand is not None else empty, model, inputs, rule,
+                known)
   if anomalies and scored:
-    write_catalog(out, "anomalies", odd.slice(0, anomalies) if odd is not None else None,
+    write_catalog(out, "anomalies", odd.slice(0, anomalies) if odd is not None else empty,
                   model, inputs, rule, known)
   n_scanned = int(sum(len(s) for s in scores)) if rule else _rows(store)
   summary = _summary(store, model, rule, known, inputs, run_stats, n_scanned, len(errors),
@@ -134,22 +147,79 @@ def column_info(model, inputs, known, names):
   return {n: info.get(n, ("", "", "")) for n in names}
 
 
-def schema_with_meta(schema, info, lengths):
-  """The arrow schema plus astropy's table metadata (units, descriptions, string widths);
-  info: {column: (description, unit, ...)}."""
-  from astropy.table import Table, meta
-  t = Table()
+NOT_NULL = ("file", "class1", "pred_class", "candidate", "known")  # never null
+
+
+def mask_columns(schema, inputs=None) -> tuple:
+  """Columns of `schema` that get a `<name>.mask` column in predictions.parquet: those
+  that can be null and whose nulls astropy's Parquet reader would lose (integer, text,
+  boolean; a float null reads as NaN).  Chosen from the types, and for the carried catalog
+  columns from the whole catalog, never from the rows scanned."""
+  import pyarrow as pa
+  carried = inputs.carried() if inputs is not None else {}
+  out = []
   for f in schema:
-    kind = f.type
-    dtype = "U1" if str(kind) == "string" else "bool" if str(kind) == "bool" else (
-        "i8" if str(kind) == "int64" else "f4" if str(kind) == "float" else "f8")
-    t[f.name] = np.zeros(0, dtype)
+    t = f.type
+    if f.name in NOT_NULL or not (pa.types.is_integer(t) or pa.types.is_string(t) or
+                                  pa.types.is_large_string(t) or pa.types.is_boolean(t)):
+      continue
+    if f.name in carried and not inputs.carry.column(carried[f.name][0]).null_count:
+      continue  # the catalog has no null there
+    out.append(f.name)
+  return tuple(out)
+
+
+def with_masks(t, masked):
+  """`t` with a `<name>.mask` column (True where null) after each column in `masked`."""
+  import pyarrow as pa
+  names, columns = [], []
+  for name, col in zip(t.column_names, t.columns):
+    names.append(name)
+    columns.append(col)
+    if name in masked:
+      names.append(f"{name}.mask")
+      columns.append(col.is_null())
+  return pa.Table.from_arrays(columns, names=names)
+
+
+def _numpy_dtype(kind):
+  import pyarrow as pa
+  if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    return np.dtype("U1")
+  try:
+    return np.dtype(kind.to_pandas_dtype())
+  except (NotImplementedError, TypeError):
+    return np.dtype(object)
+
+
+def schema_with_meta(schema, info, lengths, masked=()):
+  """The arrow schema plus astropy's table metadata (units, descriptions, string widths);
+  info: {column: (description, unit, ...)}.  With `masked` (see `with_masks`) it also has
+  the mask columns, declared as astropy declares a masked column (data + mask, with the
+  integer or boolean type the data had: astropy reads arrow integers with nulls as float)."""
+  import pyarrow as pa
+  from astropy.table import Table, meta
+  from astropy.table.serialize import SerializedColumn
+  t, fields, serialized = Table(), [], {}
+  for f in schema:
+    fields.append(f)
+    t[f.name] = np.zeros(0, _numpy_dtype(f.type))
     desc, unit = info.get(f.name, ("", ""))[:2]
     t[f.name].description = desc or None
     t[f.name].unit = unit or None
+    if f.name in masked:
+      fields.append(pa.field(f"{f.name}.mask", pa.bool_()))
+      t[f"{f.name}.mask"] = np.zeros(0, bool)
+      serialized[f.name] = {"__class__": "astropy.table.column.MaskedColumn",
+                            "data": SerializedColumn({"name": f.name}),
+                            "mask": SerializedColumn({"name": f"{f.name}.mask"})}
+      if t[f.name].dtype.kind in "iub":
+        serialized[f.name]["dtype"] = t[f.name].dtype.name
+  if serialized:
+    t.meta["__serialized_columns__"] = serialized
   md = {"table_meta_yaml": "\n".join(meta.get_yaml_from_table(t))}
   md.update({f"table::len::{k}": str(max(v, 1)) for k, v in lengths.items()})
-  return schema.with_metadata({k.encode(): v.encode() for k, v in md.items()})
+  return pa.schema(fields).with_metadata({k.encode(): v.encode() for k, v in md.items()})
 
 
 def string_lengths(store) -> dict:
@@ -190,27 +260,39 @@ def _most_anomalous(odd, t, n):
 
 def write_catalog(out, stem, cand, model, inputs, rule, known):
   """<stem>.fits (TTYPEn comments and TCOMMn for TOPCAT) and <stem>.vot (UCDs) of rows of
-  the predictions (the candidates, the anomalies)."""
-  from astropy.io.votable import from_table
-  t = to_astropy(cand, model, inputs, known) if cand is not None else _empty_table(model, inputs)
-  t.meta = {"RULE": rules.describe(rule)[:60] if rule else "none",
-            "MODEL": str(model.name)[:60],
-            "KNOWNCAT": os.path.basename(known.path)[:60] if known is not None else "none"}
+  the predictions (the candidates, the anomalies): an arrow table, which may be empty but
+  has the predictions' schema.  The rule, model and --known catalog are written in full:
+  FITS keywords as long strings (CONTINUE cards), VOTable INFO elements."""
+  from astropy.io.votable import converters, from_table
+  from astropy.io.votable.tree import Info
+  t = to_astropy(cand, model, inputs, known)
+  about = {"RULE": rules.describe(rule) if rule else "none", "MODEL": str(model.name),
+           "KNOWNCAT": os.path.basename(known.path) if known is not None else "none"}
   if known is not None:
-    t.meta["RADIUS"] = known.radius
+    about["RADIUS"] = known.radius
+  t.meta = dict(about)
   write_atomic(out / f"{stem}.fits", lambda p: write_fits(p, t))
   vot = from_table(t)
+  table = vot.get_first_table()
   info = column_info(model, inputs, known, t.colnames)
-  for field in vot.get_first_table().fields:
+  for field in table.fields:
     ucd = info[field.name][2]
     if ucd:
       field.ucd = ucd
+    if field.datatype in ("char", "unicodeChar"):
+      # Variable-length text (arraysize="*"): never the arraysize="1" that VOTable 1.3
+      # deprecates, and one schema however long the values are.
+      field.arraysize = "*"
+      field.converter = converters.get_converter(field)
+  for k, v in about.items():
+    table.infos.append(Info(name=k, value=str(v)))
   write_atomic(out / f"{stem}.vot", lambda p: vot.to_xml(str(p)))
 
 
 def write_fits(path, t):
   """An astropy Table as FITS, with each description also in the TTYPEn comment and
-  TCOMMn (TOPCAT shows those; astropy keeps descriptions only in its own comment)."""
+  TCOMMn (TOPCAT shows those; astropy keeps descriptions only in its own comment), and
+  long text keywords continued over CONTINUE cards (LONGSTRN announces the convention)."""
   from astropy.io import fits
   hdu = fits.table_to_hdu(t)
   for i, name in enumerate(t.colnames, start=1):
@@ -218,6 +300,9 @@ def write_fits(path, t):
     if desc:
       hdu.header.comments[f"TTYPE{i}"] = desc[:46]
       hdu.header[f"TCOMM{i}"] = desc[:68]
+  if any(isinstance(v, str) and len(v) > 68 for v in t.meta.values()):
+    hdu.header.insert(next(iter(t.meta)), ("LONGSTRN", "OGIP 1.0",
+                                           "long strings continue over CONTINUE cards"))
   fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
 
 
@@ -227,27 +312,34 @@ def to_astropy(arrow_table, model, inputs, known):
 
 
 def astropy_table(arrow_table, info):
-  """An astropy Table with masked nulls; info: {column: (description, unit, ...)}."""
+  """An astropy Table with masked nulls; each column's type comes from the arrow type,
+  never from the values (so 0 rows give the same types as many), and its fill value is
+  what FITS writes for a null: TNULLn = the integer type's most negative value (never a
+  real id, unlike astropy's default 999999), NaN, '' or False.  Mask columns of
+  predictions.parquet (`with_masks`) are left out; info: {column: (description, unit,
+  ...)}."""
+  import pyarrow as pa
   from astropy.table import MaskedColumn, Table
   t = Table()
-  for name in arrow_table.column_names:
-    col = arrow_table[name]
-    null = np.asarray(col.is_null())
-    v = col.to_numpy(zero_copy_only=False)
-    if v.dtype == object:
-      v = np.array(["" if x is None else str(x) for x in v])
-    elif v.dtype.kind == "f" and str(col.type) == "int64":
-      v = np.nan_to_num(v).astype(np.int64)
+  for name, col in zip(arrow_table.column_names, arrow_table.columns):
+    if name.endswith(".mask"):
+      continue
+    kind = col.type
+    null = col.is_null().to_numpy(zero_copy_only=False).astype(bool)
+    if pa.types.is_integer(kind):
+      v = col.fill_null(0).to_numpy()
+      fill = np.iinfo(v.dtype).min if v.dtype.kind == "i" else np.iinfo(v.dtype).max
+    elif pa.types.is_floating(kind):
+      v, fill = col.to_numpy(), np.nan
+    elif pa.types.is_boolean(kind):
+      v, fill = col.fill_null(False).to_numpy(zero_copy_only=False).astype(bool), False
+    else:
+      v = col.cast(pa.string()) if not pa.types.is_string(kind) else col
+      v, fill = np.asarray(v.fill_null("").to_numpy(zero_copy_only=False), dtype=str), ""
     desc, unit = info.get(name, ("", ""))[:2]
-    t[name] = MaskedColumn(v, mask=null, description=desc or None, unit=unit or None)
+    t[name] = MaskedColumn(v, mask=null, fill_value=fill, description=desc or None,
+                           unit=unit or None)
   return t
-
-
-def _empty_table(model, inputs):
-  import pyarrow as pa
-  names = list(tables.schema(model, inputs.carried() if inputs is not None else ()))
-  return to_astropy(pa.table({n: pa.array([], pa.float64()) for n in names}), model, inputs,
-                    None)
 
 
 def write_csv(path, header, rows):
@@ -269,15 +361,20 @@ def _summary(store, model, rule, known, inputs, run_stats, n_scanned, n_errors, 
       "trained_on": about.get("training_data"),
       "known_catalog": known.path if known is not None else None,
       "radius_arcsec": known.radius if known is not None else None,
-      "n_known": int(np.sum(np.asarray(cand["known"]))) if known is not None and n_cand else 0,
+      "n_known_candidates": (int(np.sum(np.asarray(cand["known"])))
+                             if known is not None and n_cand else 0),
   }
   if inputs is not None:
     summary.update(source=inputs.source, n_duplicate_rows=len(inputs.duplicates),
                    n_refused_rows=len(inputs.refused), n_missing_files=inputs.missing)
   fp = about.get("false_positive_rate")
   if fp and rule == model.rule:
+    # "median" (Monte Carlo median); bundles before 2026-12 wrote a plug-in "value"
+    fp = dict(fp, median=fp.get("median", fp.get("value")))
     summary["false_positive_rate"] = fp
     summary["expected_false_candidates"] = {
-        k: float(fp[k]) * n_scanned for k in ("value", "low", "high") if k in fp}
+        k: float(fp[k]) * n_scanned for k in ("median", "low", "high") if fp.get(k) is not None}
+    if about.get("expected_purity"):
+      summary["expected_purity"] = about["expected_purity"]
   summary.update(run_stats or {})
   return summary

@@ -4,7 +4,8 @@ model was trained on and how often it is wrong, the best-scoring spectra, and wi
 
 The histogram and the spectra plot show the rule that selects candidates: the score it
 thresholds, split into the spectra the rule's other conditions let through (stage 1
-agrees, S/N, survey-class veto) and the rest.  Every file is written atomically.
+agrees, S/N, survey-class veto; the legend names each of them) and the rest.  Every file
+is written atomically.
 """
 
 import os
@@ -32,11 +33,9 @@ def histogram(out, scores, eligible, rule, n_cand):
   finite = np.isfinite(scores)
   prob = rule["type"] != "range"
   bins = np.linspace(0, 1, 51) if prob else 50
-  labels = {"two_stage": f"{rule.get('agree')} in {{{', '.join(rule.get('classes', ()))}}}",
-            "class": "passes the rule's other conditions", "range": "passes the rule's other conditions"}
   data = [scores[finite & eligible], scores[finite & ~eligible]]
   ax.hist(data, bins=bins, stacked=True, color=["tab:orange", "lightgrey"],
-          label=[labels[rule["type"]], "the rest (never candidates)"])
+          label=[textwrap.fill(eligible_label(rule), 60), "the rest (never candidates)"])
   if prob:
     ax.axvline(rule["threshold"], color="crimson", ls="--",
                label=f"threshold {rule['threshold']:g}: {n_cand} candidates")
@@ -53,6 +52,44 @@ def histogram(out, scores, eligible, rule, n_cand):
   ax.legend(fontsize=7)
   fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.88)
   _save(fig, out / "score_histogram.png")
+
+
+def eligible_label(rule) -> str:
+  """The legend of the orange bars: every condition of the rule besides its score (what
+  `merge` counts as eligible: `rules.admitted` and, for two stages, the agreeing class), so
+  a spectrum of an agreeing class that fails the S/N or the veto is grey by the legend too."""
+  parts = []
+  if rule["type"] == "two_stage":
+    parts.append(f"{rule['agree']} in {{{', '.join(rule['classes'])}}}")
+  if rule.get("min_snr"):
+    parts.append(f"snr >= {rule['min_snr']:g}")
+  if rule.get("veto"):
+    parts.append(f"survey class not in {{{', '.join(rule['veto'])}}}")
+  return " and ".join(parts) if parts else "every spectrum (the rule has no other condition)"
+
+
+def trained_on(value) -> str:
+  """summary.json's trained_on as one readable line: a bundle's own text as it is, a
+  fine-tuned model's training data (`astrotl.finetune`: a dict) as catalog, classes and
+  counts per split."""
+  if not isinstance(value, dict):
+    return str(value)
+  counts = value.get("counts") or {}
+  per_split = {s: sum(c.values()) for s, c in counts.items()}
+  text = f"{os.path.basename(str(value.get('catalog', 'a catalog')))}"
+  if value.get("kind"):
+    kinds = {"spectrum": "spectra", "image": "images", "lightcurve": "light curves"}
+    text += f" ({kinds.get(value['kind'], value['kind'])})"
+  if value.get("classes"):
+    text += f": {sum(per_split.values())} examples of {', '.join(map(str, value['classes']))}"
+  if per_split:
+    text += " (" + ", ".join(f"{s} {n}" for s, n in per_split.items()) + ")"
+  if value.get("group_by"):
+    text += f", objects grouped by {value['group_by']}"
+  extra = [f"{value[k]} {what}{'s' if value[k] != 1 else ''}{tail}"
+           for k, what, tail in (("n_unreadable", "unreadable file", ""),
+                                 ("n_skipped", "row", " skipped")) if value.get(k)]
+  return text + ("; " + ", ".join(extra) if extra else "")
 
 
 def top_spectra(out, best, model, rule):
@@ -129,23 +166,31 @@ def write(out, summary, model, rule, scores, eligible, best, cand, explain=False
   else:
     lines.append("- candidates: none selected (the model has no candidate rule; use --select)")
   if summary.get("known_catalog"):
-    lines.append(f"- known: {summary['n_known']} of the candidates lie within "
+    n_known = summary.get("n_known_candidates", summary.get("n_known", 0))  # old name too
+    lines.append(f"- known: {n_known} of the candidates lie within "
                  f"{summary['radius_arcsec']:g}\" of an object in "
                  f"{os.path.basename(summary['known_catalog'])}")
   else:
     lines.append("- known objects: not checked (no --known catalog given)")
   lines += ["", "## The model", "", f"- {summary['model']} ({model.source})"]
   if summary.get("trained_on"):
-    lines.append(f"- trained on: {summary['trained_on']}")
+    lines.append(f"- trained on: {trained_on(summary['trained_on'])}")
   fp = summary.get("false_positive_rate")
   if fp:
-    lines.append(f"- measured false-positive rate of this rule: {fp['value']:.2%} "
-                 f"(95% interval {fp.get('low', np.nan):.2%}-{fp.get('high', np.nan):.2%}; "
-                 f"{fp.get('description', '')})")
+    lines.append(f"- measured false-positive rate of this rule: {fp['median']:.3%} "
+                 f"(median; 95% interval {fp.get('low', np.nan):.3%}-"
+                 f"{fp.get('high', np.nan):.3%}; {fp.get('description', '')})")
     e = summary["expected_false_candidates"]
     lines.append(f"- expected false candidates in a scan of {summary['n_scanned']} spectra: "
-                 f"**{e['value']:.0f}** (95% interval {e.get('low', np.nan):.0f}-"
+                 f"**{e['median']:.0f}** (95% interval {e.get('low', np.nan):.0f}-"
                  f"{e.get('high', np.nan):.0f}), against {summary['n_candidates']} found")
+    purity = (summary.get("expected_purity") or {}).get("by_wd_fraction") or {}
+    for frac, p in purity.items():
+      lines.append(f"- expected purity of the candidates where {float(frac):.2%} of the spectra "
+                   f"are white dwarfs: **{p['median']:.2f}** (median; 95% interval "
+                   f"{p['low']:.2f}-{p['high']:.2f}), completeness {p['completeness']:.2f}")
+    if purity:
+      lines.append(f"  ({summary['expected_purity'].get('note', '')})")
   elif rule:
     lines.append("- no measured false-positive rate is recorded in this model bundle for this "
                  "rule; treat candidates as unverified")

@@ -21,14 +21,19 @@ import time
 
 import numpy as np
 
-from astrotl import parallel, rules
+from astrotl import cli, parallel, rules
 from astrotl.bundle import DEVICE_KEYS
-from astrotl.scan import tables, workers
+from astrotl.scan import chunks, tables, workers
 
 # Device batches queued at once.  Two keep the device busy while the host gathers the
 # next; more would only hold their inputs in memory (jax dispatch does not wait), so the
 # scan's memory would grow with the chunk size.
 IN_FLIGHT = 2
+
+# Seconds an interrupted scan waits for the writer to save the chunks already queued (the
+# watchdog of astrotl.cli ends the process GRACE s after the signal in any case).
+WRITE_GRACE = 1.5
+POLL = 0.1  # seconds between checks of the stop signal in the writer's waits
 
 
 class Runner:
@@ -58,6 +63,7 @@ class Runner:
     from astrotl.io import batch as io_batch
     raw, _ = parallel.pad_rows(io_batch.empty(), self.batch_size)
     for fn, v in zip(self.fns, self.variables):
+      cli.check()  # compiling cannot be interrupted; between functions it can
       jax.block_until_ready(self._dispatch(fn, v, raw, 0)[0])
 
   def _dispatch(self, fn, variables, raw, n):
@@ -101,6 +107,7 @@ class Runner:
     return table, errors, embedding
 
   def _stage1(self, raw, n):
+    cli.check()  # a safe point per batch
     pending = self._dispatch(self.fns[0], self.variables[0], raw, n)
     if self._stage2 is None:
       self._outs1.put(pending)
@@ -225,20 +232,32 @@ def _timed(results, runner):
 
 
 class Writer:
-  """Saves finished chunks in a background thread; errors surface on the next call."""
+  """Saves finished chunks in a background thread; errors surface on the next call.
+
+  No wait here is unbounded once a stop is requested (`cli.STOP`): put waits for room in
+  POLL s steps and then refuses the chunk (its inputs are scanned again on resume); close
+  waits at most WRITE_GRACE s for the queued chunks.  The thread imports nothing (an
+  import there waits on the import lock, which an interrupted main thread may hold):
+  chunks.warm_writes() loads what Store.write uses first, in the calling thread.
+  """
 
   def __init__(self, store, process, on_saved):
     self.store, self.process, self.on_saved = store, process, on_saved
+    chunks.warm_writes()
     self._q = queue.Queue(maxsize=2)
+    self._closing = threading.Event()
     self._error = None
     self._thread = threading.Thread(target=self._loop, daemon=True, name="astrotl-writer")
     self._thread.start()
 
   def _loop(self):
     while True:
-      item = self._q.get()
-      if item is None:
-        return
+      try:
+        item = self._q.get(timeout=POLL)
+      except queue.Empty:
+        if self._closing.is_set() or cli.STOP.is_set():
+          return  # nothing queued and nothing more will be
+        continue
       i, table, errors, embedding = item
       try:
         if self._error is None:
@@ -248,16 +267,31 @@ class Writer:
         self._error = e
 
   def put(self, i, table, errors, embedding=None):
-    self._raise()
-    self._q.put((i, table, errors, embedding))
+    while True:
+      self._raise()
+      cli.check()
+      if not self._thread.is_alive():
+        raise RuntimeError("astrotl.scan: the chunk writer stopped")
+      try:
+        self._q.put((i, table, errors, embedding), timeout=POLL)
+        return
+      except queue.Full:
+        pass
 
   def close(self, timeout=None):
-    """Waits (at most `timeout` s) for the queued chunks to be saved; a second call is a
-    no-op."""
+    """Waits for the queued chunks to be saved: all of them, or for at most `timeout` s,
+    or WRITE_GRACE s once a stop is requested.  A second call is a no-op."""
     if self._thread is None:
       return
-    self._q.put(None)
-    self._thread.join(timeout)
+    self._closing.set()
+    t0 = time.monotonic()
+    while self._thread.is_alive():
+      limit = timeout
+      if cli.STOP.is_set():
+        limit = WRITE_GRACE if limit is None else min(limit, WRITE_GRACE)
+      if limit is not None and time.monotonic() - t0 >= limit:
+        break  # a chunk still being written is not finished: resume writes it again
+      self._thread.join(POLL)
     self._thread = None
     self._raise()
 

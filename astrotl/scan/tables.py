@@ -1,10 +1,11 @@
 """The scan's tables: one schema (names, units, descriptions, UCDs) for every output.
 
 Column names are unique ignoring case and valid identifiers (TOPCAT, STILTS and cfitsio
-look names up case-insensitively); missing values are nulls, never -1 or ''.  Parquet
-files carry astropy's table metadata, so `Table.read` gets units and descriptions; FITS
-files carry TUNITn, and the description in each TTYPEn comment and TCOMMn for TOPCAT;
-the VOTable adds UCDs.
+look names up case-insensitively); missing values are nulls, never -1 or ''.  Every
+column of a --catalog is carried as cat_<its name> (`inputs.carried_names`).  Parquet
+files carry astropy's table metadata, so `Table.read` gets units, descriptions and masked
+columns (`merge.with_masks`); FITS files carry TUNITn, TNULLn, and the description in each
+TTYPEn comment and TCOMMn for TOPCAT; the VOTable adds UCDs.
 """
 
 import numpy as np
@@ -40,12 +41,14 @@ _STR = ("file", "designation", "survey_class", "survey_subclass")
 
 
 def schema(model, carried=(), embeddings=False) -> dict:
-  """{column: (description, unit, UCD)} of a chunk table, in order."""
+  """{column: (description, unit, UCD)} of a chunk table, in order; carried: the catalog's
+  columns, `Inputs.carried()`."""
   out = {k: BASE[k] for k in ("file", "obsid", "designation", "ra", "dec", "snr_g",
                               "survey_class", "survey_subclass")}
-  for c in carried:
-    unit = "deg" if c in ("ra", "dec", "ra_obs", "dec_obs") else ""
-    out[f"cat_{c}"] = (f"catalog column {c}", unit, "")
+  from astrotl.io.catalog import column_name
+  for name, (_, c) in dict(carried).items():
+    unit = "deg" if column_name(c) in ("ra", "dec", "ra_obs", "dec_obs") else ""
+    out[name] = (f"catalog column {c}", unit, "")
   for name, (desc, unit) in model.columns().items():
     ucd = "src.class" if name in ("class1", "pred_class") else (
         "stat.probability" if name.startswith("p") else "")
@@ -95,9 +98,11 @@ def chunk_table(model, files, metas, outs, inputs=None, first=0, embeddings=Fals
     vals = [m.get(key) for m in metas]
     cols[name] = to_arrow(vals, "int" if name in _INT else "str" if name in _STR else None)
   if inputs is not None and inputs.carried():
-    rows = inputs.catalog_rows(files, first)
-    for c in inputs.carried():
-      cols[f"cat_{c}"] = to_arrow(np.asarray(inputs.table[c])[rows])
+    # Arrow columns taken as they are: their types come from the catalog, never from
+    # which rows a chunk holds, so every chunk (and an empty one) has one schema.
+    part = inputs.carry.take(inputs.catalog_rows(files, first))
+    for name, (i, _) in inputs.carried().items():
+      cols[name] = part.column(i).combine_chunks()
   out_cols = model.outputs_to_columns(outs) if files else {}
   for name in list(model.columns()) + ["snr"]:
     text = name in ("class1", "pred_class")

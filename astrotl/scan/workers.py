@@ -5,8 +5,9 @@ unsafe) with its own pipe, so the pool always knows which task, and which file o
 worker is on.  A worker that spends longer than `time_limit` seconds on one file, or
 dies (a reader crash, the OOM killer), is killed and replaced: that file becomes an
 error row and the rest of its task is decoded again by the new worker.  Workers ignore
-SIGINT (the main process decides what an interrupt means) and die with their parent:
-the parent-death signal on Linux, and everywhere a watch on the parent's pid.
+SIGINT (the main process decides what an interrupt means: `next` stops waiting once
+`astrotl.cli.STOP` is set) and die with their parent: the parent-death signal on Linux,
+and everywhere a watch on the parent's pid.
 
 With workers=0 files are decoded in the calling process (no time limit).
 """
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 
+from astrotl import cli
 from astrotl.io import batch as io_batch
 
 TASK = 32  # files per task: amortises the pipe's overhead
@@ -125,12 +127,17 @@ class DecodePool:
     return self._order[0][1]
 
   def next(self):
-    """(key, paths, result) of the oldest submitted task; blocks until it is decoded."""
-    ticket, key, paths = self._order.popleft()
+    """(key, paths, result) of the oldest submitted task; blocks until it is decoded, or a
+    stop is requested (`cli.check()` raises; the task stays first in line)."""
+    cli.check()
     if not self.n:
+      ticket, key, paths = self._order.popleft()
       return key, paths, self.decode(paths, self.raw_len)
+    ticket, key, paths = self._order[0]
     while ticket not in self._finished:
       self._wait()
+      cli.check()
+    self._order.popleft()
     return key, paths, self._finished.pop(ticket)
 
   def _dispatch(self):
