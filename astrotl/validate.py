@@ -16,7 +16,7 @@ expected, unless:
 - a classifier has at least two classes, and class names are non-empty and unique, also
   as column names ignoring case ('WD+M' and 'WD_M' would both be p_WD_M);
 - every array is finite and within +-MAX_ABS (larger weights overflow float32
-  activations);
+  activations), and no BatchNorm variance is negative;
 - each network's weights have exactly the paths and shapes its model config builds for
   the bundle's input, found with `jax.eval_shape` of the model's init (nothing runs);
 - a reference is (n, D), D the primary network's embedding width.
@@ -391,6 +391,9 @@ def _check_array(v, name, source):
   v = np.asarray(v)
   if v.dtype.kind != "f":
     raise BundleError(f"{source}: {name} has dtype {v.dtype}, expected floats")
+  if "/batch_stats/" in name and name.endswith("/var") and (v < 0).any():
+    raise BundleError(f"{source}: {name} holds {int((v < 0).sum())} negative BatchNorm "
+                      "variances (its outputs would be NaN)")
   with np.errstate(invalid="ignore"):
     bad = ~(np.abs(v) <= MAX_ABS)  # NaN compares False
   if bad.any():

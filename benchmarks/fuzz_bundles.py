@@ -25,7 +25,9 @@ objects, tensor records) or the zip of a .pt -- and loads the file in a worker p
 A failure is an exception other than BundleError / WeightsError (or one whose message
 spans lines), an accepted bundle with wrong outputs, a load over 5 s of CPU (the load
 alone: the output checks compile each new network once), or a case whose peak memory
-passes 1 GB (VmHWM, reset before each case; it includes the worker's own ~0.4 GB).  Writes
+grows by more than 1 GB over the memory it started with (VmHWM, reset before each
+case, less VmRSS at its start; the summary also gives the worker's peak, its own
+~0.5 GB of jax and caches included).  Writes
 benchmarks/results/fuzz_bundles.json.
 """
 
@@ -597,11 +599,12 @@ def _reset_peak():
     pass
 
 
-def peak_rss() -> int:
+def peak_rss(field="VmHWM") -> int:
+  """The worker's peak (VmHWM) or current (VmRSS) resident memory in bytes."""
   try:
     with open("/proc/self/status") as f:
       for line in f:
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
           return int(line.split()[1]) * 1024
   except OSError:
     pass
@@ -613,6 +616,7 @@ def load_case(kind, path, via_bundle=False):
   from astrotl import bundle
   from astrotl.io import weights
   _reset_peak()
+  start_rss = peak_rss("VmRSS")
   t0, c0 = time.perf_counter(), time.process_time()
   out = {}
   try:
@@ -639,7 +643,8 @@ def load_case(kind, path, via_bundle=False):
                reason=traceback.format_exc(limit=-3)[-600:])
   if "load_cpu_s" not in out:
     out.update(_took(t0, c0))
-  out.update(cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - t0, rss=peak_rss())
+  out.update(cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - t0, rss=peak_rss(),
+             rss_start=start_rss)
   return out
 
 
@@ -687,7 +692,9 @@ def run(n, seed, workers=1, batch=20, log=print):
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="fuzz_bundles_"))
   ctx = multiprocessing.get_context("spawn")
   root = str(HERE.parent)
-  new_pool = lambda: ctx.Pool(workers, initializer=_worker_init, initargs=(root,))
+  # A fresh worker now and then: its caches of compiled ops grow with every new network.
+  new_pool = lambda: ctx.Pool(workers, initializer=_worker_init, initargs=(root,),
+                              maxtasksperchild=25)
   pool = new_pool() if workers else None
   cases, outcomes = [], []
   t0 = time.time()
@@ -716,7 +723,7 @@ def run(n, seed, workers=1, batch=20, log=print):
               res.append({"outcome": "EXCEPTION", "error": f"worker {type(e1).__name__}",
                           "reason": "the worker hung or died", "cpu_s": 120.0,
                           "wall_s": 120.0, "load_cpu_s": 120.0, "load_wall_s": 120.0,
-                          "rss": 0})
+                          "rss": 0, "rss_start": 0})
             pool.terminate()
           pool = new_pool()
       outcomes += res
@@ -732,8 +739,9 @@ def run(n, seed, workers=1, batch=20, log=print):
 
 
 def summarise(cases, outcomes, seconds, seed, workers):
+  grew = lambda o: o["rss"] - o.get("rss_start", 0)
   bad = lambda o: (o["outcome"] not in ("ok", "refused") or o["load_cpu_s"] > MAX_SECONDS
-                   or o["rss"] > MAX_RSS_BYTES)
+                   or grew(o) > MAX_RSS_BYTES)
   failures = [dict(c, **o) for c, o in zip(cases, outcomes) if bad(o)]
   slowest = max(range(len(outcomes)), key=lambda i: outcomes[i]["load_cpu_s"], default=None)
   biggest = max(range(len(outcomes)), key=lambda i: outcomes[i]["rss"], default=None)
@@ -760,8 +768,10 @@ def summarise(cases, outcomes, seconds, seed, workers):
       "max_load_wall_seconds": round(max((o["load_wall_s"] for o in outcomes), default=0), 3),
       "max_case_cpu_seconds_with_checks": round(max((o["cpu_s"] for o in outcomes),
                                                     default=0), 3),
-      "cases_over_1_gb": sum(1 for o in outcomes if o["rss"] > MAX_RSS_BYTES),
+      "cases_over_1_gb": sum(1 for o in outcomes if grew(o) > MAX_RSS_BYTES),
       "peak_case_rss_mb": round(max((o["rss"] for o in outcomes), default=0) / 2**20, 1),
+      "peak_case_rss_increase_mb": round(max((o["rss"] - o.get("rss_start", o["rss"])
+                                              for o in outcomes), default=0) / 2**20, 1),
       "outcomes": dict(collections.Counter(f"{c['seed'].split('/')[0]} {o['outcome']}"
                                            for c, o in zip(cases, outcomes))),
       "accepted_by_seed": dict(collections.Counter(c["seed"] for c, o in zip(cases, outcomes)
@@ -794,7 +804,7 @@ def main():
   args.out.write_text(json.dumps(summary, indent=1, default=str) + "\n")
   keys = ("cases", "exceptions_other_than_documented", "silently_wrong_outputs",
           "loads_over_5_cpu_s", "max_load_cpu_seconds", "max_load_wall_seconds",
-          "cases_over_1_gb", "peak_case_rss_mb")
+          "cases_over_1_gb", "peak_case_rss_mb", "peak_case_rss_increase_mb")
   print(json.dumps({k: summary[k] for k in keys}), "->", args.out)
 
 

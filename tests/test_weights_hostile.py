@@ -389,3 +389,11 @@ def test_build_cannot_set_attributes_on_the_loaders_helpers(tmp_path, name):
   for helper in (W._set, W._size, W._rebuild_parameter, W._frozenset, W._device,
                  W._OrderedDict, W._Builder):
     assert not hasattr(helper, "planted"), helper
+
+
+def test_errors_quoting_the_file_stay_on_one_line(tmp_path):
+  """A FLOAT opcode whose text ends in a newline: the error quoted it (found by
+  benchmarks/fuzz_bundles.py)."""
+  path = _torch_zip(tmp_path / "float.pt", b"\x80\x02Floatstorage\n.")
+  message = _limited(W.load_torch, path)
+  assert "not a readable PyTorch .pt file" in message

@@ -259,8 +259,9 @@ def read_npz(source, where=None, limits=None) -> dict:
       return out
   except WeightsError:
     raise
-  except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, SyntaxError) as e:
-    raise WeightsError(f"{where}: not a readable .npz file ({type(e).__name__}: {e})") from None
+  except (zipfile.BadZipFile, zlib.error, NotImplementedError, ValueError, EOFError, OSError,
+          SyntaxError) as e:  # NotImplementedError: a compression or zip version zipfile lacks
+    raise WeightsError(f"{where}: not a readable .npz file ({_one_line(e)})") from None
 
 
 def _counted(source, where, most, what):
@@ -378,10 +379,16 @@ def _read_torch_zip(path):
     raise WeightsError(f"{path}: {e}") from None
   except RecursionError:
     raise WeightsError(f"{path}: data.pkl nests too deeply") from None
-  except (pickle.UnpicklingError, zipfile.BadZipFile, zlib.error, ValueError, TypeError, KeyError,
-          IndexError, AttributeError, EOFError, OSError, MemoryError, OverflowError) as e:
-    raise WeightsError(f"{path}: not a readable PyTorch .pt file "
-                       f"({type(e).__name__}: {e})") from None
+  except (pickle.UnpicklingError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+          ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError, OSError,
+          MemoryError, OverflowError) as e:
+    raise WeightsError(f"{path}: not a readable PyTorch .pt file ({_one_line(e)})") from None
+
+
+def _one_line(e) -> str:
+  """'Type: message' on one line, at most 300 characters (the message may quote the file)."""
+  text = " ".join(f"{type(e).__name__}: {e}".split())
+  return text if len(text) <= 300 else text[:297] + "..."
 
 
 class _Inert:
