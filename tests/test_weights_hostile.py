@@ -26,20 +26,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # --- pickle opcodes, by hand (pickle itself refuses to write most of these) -------------
 
-def _g(module, name):
-  return b"c" + f"{module}\n{name}\n".encode()
-
-
-def _s(text):
-  b = text.encode()
-  return b"X" + len(b).to_bytes(4, "little") + b
-
-
-def _i(n):
-  if -2**31 <= n < 2**31:
-    return b"J" + n.to_bytes(4, "little", signed=True)  # BININT
-  b = n.to_bytes(16, "little", signed=True)
-  return b"\x8a" + bytes([len(b)]) + b  # LONG1
+sys.path.insert(0, str(REPO / "benchmarks"))
+try:  # one copy of the hand-written opcodes, shared with the bundle fuzz
+  from fuzz_bundles import _g, _i, _s  # noqa: E402  pylint: disable=g-import-not-at-top
+finally:
+  sys.path.remove(str(REPO / "benchmarks"))
 
 
 def _p2(*ops):
