@@ -421,7 +421,8 @@ def fit(config, workdir, data: dict, pretrained: dict | None = None, mesh=None,
   state = parallel.replicate(state, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  restored = ckpt.restore_latest(state, best_template=state.variables)
+  # config: a step of this workdir written under another config is refused, naming what changed.
+  restored = ckpt.restore_latest(state, best_template=state.variables, config=config.to_json())
   progress = _Progress()
   if restored is not None:
     state = restored.state

@@ -213,6 +213,14 @@ def test_fit_resumes_from_a_checkpoint_of_an_older_astrotl(tmp_path, caplog):
     np.testing.assert_array_equal(got["variables"][path], value, err_msg=path)
 
 
+def test_fit_refuses_to_resume_under_a_changed_config(tmp_path):
+  train.fit(_cfg(num_steps=8), tmp_path / "run", _data())
+  with pytest.raises(checkpoint.CheckpointError, match=r"learning_rate .* vs "):
+    train.fit(_cfg(learning_rate=0.5), tmp_path / "run", _data())
+  resumed = train.fit(_cfg(), tmp_path / "run", _data())  # a longer run of the same config
+  assert [h["step"] for h in resumed.history if "loss" in h] == list(range(1, 13))
+
+
 def _early_stopping_cfg():
   return _cfg(num_steps=200, eval_every=2, checkpoint_every=4, early_stopping_patience=3)
 
