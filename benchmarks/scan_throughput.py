@@ -11,6 +11,13 @@
   tan          Tan et al.'s usage flow (benchmarks/tan_baseline.py) on the first --tan_n
                of the same files: astropy, min-max, median filter, PyTorch one spectrum
                at a time.
+  torch_*      the flows a competent PyTorch user would write (benchmarks/torch_flow.py)
+               on the first --torch_n of the same files: a DataLoader (astropy reading,
+               the bundle's input in numpy/scipy, --workers workers, batches of
+               --batch_size) into Conv2d or Conv1d networks of the bundle's sizes (two
+               networks, or stage 2 on stage 1's shared trunk), and the networks alone
+               on preloaded tensors, run as their own process; --torch_flows picks
+               them.
 Writes benchmarks/results/scan_throughput_<backend>.json.  Runs unchanged on CPU and GPU.
 """
 
@@ -34,7 +41,15 @@ _BATCH = flags.DEFINE_integer("batch_size", 256, "Scan batch size.")
 _MODEL = flags.DEFINE_string("model", "wd_two_stage", "Model bundle or bundled name.")
 _TAN_N = flags.DEFINE_integer("tan_n", 1000, "Files for the (slow) Tan-style flow; its rate "
                               "is per file, so a subset is enough (0: skip).")
-_SKIP = flags.DEFINE_list("skip", [], "Parts to skip: decode, network, scan, tan.")
+_TORCH_FLOWS = flags.DEFINE_list("torch_flows", ["all"], "PyTorch flows (torch_flow.FLOWS: "
+                                  "loader, conv2d_batched, conv1d_two, conv1d_shared, "
+                                  "net_conv2d_single, net_conv2d_batched, net_conv1d_two, "
+                                  "net_conv1d_shared), all, or none.")
+_TORCH_N = flags.DEFINE_integer("torch_n", 0, "Files for the PyTorch DataLoader flows (0: all).")
+_TORCH_SECONDS = flags.DEFINE_float("torch_seconds", 20.0, "Seconds of each PyTorch "
+                                    "networks-only timing.")
+_TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "Device of the PyTorch flows.")
+_SKIP = flags.DEFINE_list("skip", [], "Parts to skip: decode, network, scan, tan, torch.")
 _OUT = flags.DEFINE_string("out", str(pathlib.Path(__file__).parent / "results"), "Output dir.")
 _TAG = flags.DEFINE_string("tag", "", "Suffix of the result file name.")
 
@@ -157,6 +172,22 @@ def network_rate(model, paths, batch_size, seconds=20.0):
   return n / (time.time() - t), run.mode
 
 
+def time_torch(paths, flows, workers):
+  """benchmarks/torch_flow.py's flows on `paths`, in a process of their own as a user runs
+  them (no jax threads in the process its DataLoader forks); {"torch": {flow: result},
+  "torch_version": ..., ...}."""
+  with tempfile.TemporaryDirectory(prefix="astrotl-torch-bench-") as d:
+    listing, out = pathlib.Path(d) / "paths.txt", pathlib.Path(d) / "torch.json"
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    cmd = [sys.executable, str(pathlib.Path(__file__).parent / "torch_flow.py"),
+           f"--paths={listing}", "--n=0", f"--model={_MODEL.value}", f"--flows={','.join(flows)}",
+           f"--batch_size={_BATCH.value}", f"--workers={workers}",
+           f"--seconds={_TORCH_SECONDS.value}", f"--device={_TORCH_DEVICE.value}", f"--json={out}"]
+    subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    got = json.loads(out.read_text())
+  return {"torch": got.pop("flows"), **{f"torch_{k}": v for k, v in got.items()}}
+
+
 def main(argv):
   del argv
   import jax
@@ -201,6 +232,19 @@ def main(argv):
              tan_read_fraction=tan["read_seconds"] / tan["seconds"])
     print(f"Tan-style:     {tan['rate']:8.1f} spectra/s (on {tan['n']} files, "
           f"{r['tan_read_fraction']:.0%} reading)")
+  flows = [] if "torch" in _SKIP.value else [f for f in _TORCH_FLOWS.value if f != "none"]
+  if flows:
+    r.update(time_torch(paths[:_TORCH_N.value or len(paths)], flows, workers))
+    if "scan_rate_wall" in r:
+      for t in r["torch"].values():
+        t["scan_over_this"] = r["scan_rate_wall"] / t["rate"]
+      # The whole flows (reading + networks), not the DataLoader alone.
+      full = {f: t["rate"] for f, t in r["torch"].items()
+              if f in ("conv2d_batched", "conv1d_two", "conv1d_shared")}
+      if full:
+        best = max(full, key=full.get)
+        r["best_torch_flow"], r["scan_over_best_torch"] = best, r["scan_rate_wall"] / full[best]
+        print(f"scan / best PyTorch flow ({best}) = {r['scan_over_best_torch']:.1f}x")
   if "scan_rate_wall" in r and "decode_rate" in r:
     r["scan_over_decode"] = r["scan_rate_wall"] / r["decode_rate"]
   if "scan_rate_wall" in r and "tan_rate" in r:

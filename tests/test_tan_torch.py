@@ -76,3 +76,85 @@ def test_scan_with_tan_weights_equals_pytorch(tmp_path):
   p1 = np.stack([got[f"p1_{c}"] for c in model.classes], -1)
   np.testing.assert_allclose(p1, want7, atol=1e-4)
   np.testing.assert_allclose(got["p_wd"], want2, atol=1e-4)
+
+
+# --- benchmarks/torch_flow.py: the PyTorch user's flow the scan is compared with ---------
+
+def _torch_flow():
+  import pathlib
+  import sys
+  here = str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks")
+  sys.path.insert(0, here)
+  try:
+    import torch_flow  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(here)
+  return torch_flow
+
+
+def _one_file_per_layout():
+  rows = data.sample_index("spectra")
+  files = {}
+  for layout in ("image-subcontinuum", "image-wavelength", "coadd-table"):  # DR1, DR6, DR9
+    files[layout] = next(str(r["path"]) for r in rows if r.get("layout") == layout)
+  return list(files.values())
+
+
+@pytest.fixture(scope="module")
+def wd_model():
+  return bundle.load_model("wd_two_stage")
+
+
+def test_torch_flow_inputs_and_networks_match_the_bundle(wd_model):
+  import jax
+  tf = _torch_flow()
+  model = wd_model
+  nets = list(model.networks.values())
+  files = _one_file_per_layout()
+  # The Dataset's astropy + numpy/scipy input is the bundle's input, as astrotl makes it
+  # (spectra.network_input, the function the device runs, here with numpy).
+  want = []
+  for f in files:
+    s = aio.read(f)
+    flux, ivar, bad = spectra.resample(np.log10(s.wavelength), s.flux, s.ivar, s.mask)
+    want.append(spectra.network_input(flux, ivar, bad, model.input))
+  want = np.stack(want)
+  ds = tf.Spectra(files)
+  items = [ds[i] for i in range(len(ds))]
+  assert all(ok for _, ok in items)
+  x = torch.stack([x for x, _ in items])
+  np.testing.assert_allclose(x.numpy(), want, atol=1e-3)
+  # Every kind: one (B, classes) output per network; Conv2d and two Conv1d networks have
+  # the same parameters, the shared trunk one trunk fewer.
+  sizes = {}
+  for kind in ("conv2d", "conv1d_two", "conv1d_shared"):
+    module = tf.build(kind, model)
+    with torch.inference_mode():
+      outs = module(x)
+    assert [tuple(o.shape) for o in outs] == [(3, net.width) for net in nets]
+    for o in outs:
+      np.testing.assert_allclose(o.sum(-1).numpy(), 1.0, atol=1e-5)
+    sizes[kind] = sum(p.numel() for p in module.parameters())
+  trunk = sum(p.numel() for p in tf.conv1d_trunk(nets[0].model, 3700)[0].parameters())
+  assert sizes["conv2d"] == sizes["conv1d_two"] == sizes["conv1d_shared"] + trunk
+  assert tf.describe(model)["bundle_shares_trunk"]
+  # With the bundle's weights, the Conv1d networks give the bundle's probabilities.
+  probs = jax.jit(lambda x: [net.finish(net.model.apply(net.variables, x)) for net in nets])
+  astrotl_p = [np.asarray(p) for p in probs(want)]
+  for shared in (True, False):
+    module = tf.copy_weights(tf.Conv1dNets(nets, shared=shared).eval(), nets)
+    with torch.inference_mode():
+      outs = module(torch.from_numpy(want))
+    for o, p in zip(outs, astrotl_p):
+      np.testing.assert_allclose(o.numpy(), p, atol=1e-5)
+
+
+def test_torch_flow_runs_end_to_end(wd_model):
+  tf = _torch_flow()
+  files = _one_file_per_layout() + ["/nonexistent/spec.fits.gz"]
+  r = tf.run_loader(files, tf.build("conv1d_shared", wd_model), batch_size=2, workers=0)
+  assert (r["n"], r["n_read"]) == (4, 3)
+  r = tf.run(files[:2], wd_model, ["loader", "net_conv2d_single"], batch_size=2, workers=0,
+             seconds=0.01, log=lambda _: None)
+  assert sorted(r) == ["loader", "net_conv2d_single"]
+  assert all(v["rate"] > 0 for v in r.values())
