@@ -22,7 +22,8 @@ bundle (`Model.save`); everything that predicts reads one (`load_model`).  A `re
 
 Every bundle and every Model is checked before use (`astrotl.validate`: the schema of the
 description, sizes, finite weights, each network's shapes); a bundle that fails is one
-BundleError naming the file, the field and what was expected.
+BundleError naming the file, the field and what was expected.  How a Model runs (its
+device function, batching, preprocessing) is `astrotl.inference`.
 
 Bundled models, by name: `wd_two_stage` (the scan's default), `wd_stage1` (its stage 1
 alone, a stellar classifier) and `upsilont` (Kim et al. 2021's variable-star classifier).
@@ -33,15 +34,13 @@ import hashlib
 import json
 import os
 import pathlib
-import re
 
 import numpy as np
 
-from astrotl import rules, validate
+from astrotl import inference, rules, validate
 # Re-exported: callers know these as bundle.BundleError etc.
-from astrotl.validate import FORMAT, BundleError, check_kept, column_name  # noqa: F401
+from astrotl.validate import FORMAT, BundleError, column_name  # noqa: F401
 
-DEVICE_KEYS = ("u", "flux", "ivar", "mask")  # the raw arrays make_fn takes
 BUNDLED = {
     "wd_two_stage": ("models/wd_two_stage.npz", None),
     "wd_stage1": ("models/wd_two_stage.npz", "stage1"),
@@ -237,104 +236,17 @@ class Model:
         h.update(np.ascontiguousarray(np.asarray(v, np.float32)).tobytes())
     return h.hexdigest()[:16]
 
-  # --- spectra through the device ---------------------------------------------------------
+  # --- spectra through the device (astrotl.inference) -------------------------------------
 
   def shared_trunk(self, a: str, b: str) -> bool:
-    """True when networks a and b are cnn1d's with identical conv blocks (a frozen trunk),
-    so the blocks need to run only once for both."""
-    na, nb = self.networks[a], self.networks[b]
-    if na.meta["model"] != "cnn1d" or nb.meta["model"] != "cnn1d":
-      return False
-    if {k: v for k, v in na.meta.get("config", {}).items() if k not in ("num_classes", "dense_width")} != \
-       {k: v for k, v in nb.meta.get("config", {}).items() if k not in ("num_classes", "dense_width")}:
-      return False
-    from astrotl import surgery
-    fa, fb = surgery.flatten(na.variables), surgery.flatten(nb.variables)
-    blocks = [k for k in fa if re.match(r"(params|batch_stats)/block_\d+/", k)]
-    return bool(blocks) and all(k in fb and np.array_equal(fa[k], fb[k]) for k in blocks) and \
-        len(blocks) == len([k for k in fb if re.match(r"(params|batch_stats)/block_\d+/", k)])
+    return inference.shared_trunk(self, a, b)
 
   def make_fn(self, mesh, networks=None, embed=False, share=True):
-    """jit-compiled (variables, u, flux, ivar, mask) -> {network: probabilities or values,
-    "embedding": (B, D) and, for a bundle with a reference, "anomaly": (B,) if embed}, on
-    raw batches from `astrotl.io.batch` (whose "snr" the host keeps: see
-    `outputs_to_columns`).
-
-    Resampling, normalisation, every network and the anomaly score run in one function on
-    the device.  `networks`: names to run (default all); `share`: run a shared conv trunk
-    once.
-    """
-    import functools
-    import jax
-    import jax.numpy as jnp
-    from astrotl import parallel
-    from astrotl.preprocess import spectra
-    from astrotl.similar import metric
-
-    if self.input.get("type", "spectrum") != "spectrum":
-      raise BundleError(f"{self.source}: a {self.input.get('type')} model, not a spectrum model")
-    names = list(networks or self.networks)
-    nets = [self.networks[n] for n in names]
-    primary = self.primary
-    spec = self.input
-    trunk = share and len(nets) > 1 and all(self.shared_trunk(names[0], n) for n in names[1:])
-    if embed and primary.name not in names:
-      raise BundleError("embed needs the primary network")
-    ref = self.meta["reference"] if embed and self.reference is not None else None
-
-    def fn(variables, reference, u, flux, ivar, mask):
-      f, iv, bad = spectra.resample_pixels(u, flux, ivar, mask, xp=jnp)
-      x = spectra.network_input(f, iv, bad, spec, xp=jnp)
-      out = {}
-      feats = None
-      if trunk:
-        feats = nets[0].model.apply(variables[names[0]], x, output="features")
-      for net in nets:
-        v = variables[net.name]
-        z = (net.model.apply(v, feats, from_features=True) if feats is not None
-             else net.model.apply(v, x))
-        out[net.name] = net.finish(z)
-        if embed and net is primary:
-          e = (net.model.apply(v, feats, from_features=True, output="embedding")
-               if feats is not None else net.model.apply(v, x, output="embedding"))
-          out["embedding"] = e
-          if ref is not None:
-            out["anomaly"] = metric.knn_score(e, reference, ref["k"], ref["scale"], xp=jnp)
-      return out
-
-    repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    jitted = jax.jit(fn, in_shardings=(repl, repl, data, data, data, data), out_shardings=data)
-    # The reference is bound here, placed once: it belongs to the model, not to a network.
-    reference = parallel.replicate(self.reference, mesh) if ref is not None else None
-    return functools.partial(_bind_second, jitted, reference)
+    return inference.make_fn(self, mesh, networks, embed, share)
+  make_fn.__doc__ = inference.make_fn.__doc__
 
   def variables(self, names=None) -> dict:
     return {n: self.networks[n].variables for n in (names or self.networks)}
-
-  def _run(self, raw: dict, batch_size: int, embed: bool) -> dict:
-    """make_fn's outputs for host raw arrays (any number of rows) on the local devices."""
-    import jax
-    from astrotl import parallel
-    n = len(raw["u"])
-    key = ("run", embed)
-    if key not in self._fns:
-      mesh = parallel.make_mesh(jax.local_devices())
-      self._fns[key] = (mesh, self.make_fn(mesh, embed=embed),
-                        parallel.replicate(self.variables(), mesh))
-    mesh, fn, variables = self._fns[key]
-    n_dev = mesh.devices.size
-    size = min(batch_size, max(8, 1 << max(n - 1, 0).bit_length()))  # few compiled sizes
-    size = max(n_dev, size // n_dev * n_dev)
-    outs = []
-    for start in range(0, n, size):
-      part, _ = parallel.pad_rows({k: v[start:start + size] for k, v in raw.items()}, size)
-      arrays = parallel.shard_batch({k: part[k] for k in DEVICE_KEYS}, mesh, size)
-      res = fn(variables, *(arrays[k] for k in DEVICE_KEYS))
-      m = min(size, n - start)
-      outs.append({"snr": part["snr"][:m], **{k: np.asarray(v)[:m] for k, v in res.items()}})
-    if not outs:
-      return {}
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
   # --- the user's calls ---------------------------------------------------------------------
 
@@ -349,26 +261,9 @@ class Model:
     if self.input.get("type") == "lightcurve":
       from astrotl import lightcurves
       return lightcurves.predict(self, inputs, batch_size)
-    names, raw, metas, errors = spectrum_inputs(inputs)
-    outs = self._run(raw, batch_size, embed=False)
-    return self._table(names, outs, metas, errors)
-
-  def _table(self, names, outs, metas, errors):
-    from astropy.table import Table
-    cols = self.outputs_to_columns(outs) if outs else {c: np.zeros(0) for c in self.columns()}
-    t = Table({"name": np.asarray(names, dtype=str)})
-    for k, v in cols.items():
-      t[k] = v
-    t["snr"].description = "median flux * sqrt(ivar) over 4000-5500 A"
-    for k, (desc, unit) in self.columns().items():
-      t[k].description = desc
-    if self.rule and len(t):
-      survey = [(m or {}).get("class") or "" for m in metas]
-      t["candidate"] = rules.select(self.rule, {**cols, "survey_class": np.asarray(survey)})
-      t["candidate"].description = rules.describe(self.rule)
-    t.meta["errors"] = errors
-    t.meta["model"] = self.source
-    return t
+    names, raw, metas, errors = inference.spectrum_inputs(inputs)
+    outs = inference.run(self, raw, batch_size, embed=False)
+    return inference.table(self, names, outs, metas, errors)
 
   def embed(self, inputs, batch_size: int = 256, names: bool = False):
     """The primary network's penultimate features (what its head sees), (n, D) float32;
@@ -376,14 +271,14 @@ class Model:
     if self.input.get("type") == "lightcurve":
       from astrotl import lightcurves
       return lightcurves.embed(self, inputs, batch_size)
-    got, raw, metas, errors = spectrum_inputs(inputs)
-    e = np.asarray(self._run(raw, batch_size, embed=True)["embedding"], np.float32)
+    got, raw, metas, errors = inference.spectrum_inputs(inputs)
+    e = np.asarray(inference.run(self, raw, batch_size, embed=True)["embedding"], np.float32)
     return (got, e) if names else e
 
   def network_inputs(self, inputs) -> tuple[list, np.ndarray]:
     """(names, the networks' input x) for spectra, exactly as the device computes it."""
-    names, raw, _, _ = spectrum_inputs(inputs)
-    return names, network_inputs(raw, self.input)
+    names, raw, _, _ = inference.spectrum_inputs(inputs)
+    return names, inference.network_inputs(raw, self.input)
 
   def explain(self, inputs, target=None, network=None):
     """Grad-CAM maps (n, pixels) of `network` (default the primary) for `target` (a class
@@ -429,38 +324,6 @@ class Model:
     nets = ", ".join(f"{n}: {net.meta['model']} -> {net.classes or net.targets}"
                      for n, net in self.networks.items())
     return f"<astrotl Model {self.name} ({self.kind}; {nets})>"
-
-
-_INPUT_FNS = {}
-
-
-def network_inputs(raw: dict, spec: dict, batch_size: int = 256) -> np.ndarray:
-  """Network inputs x for raw arrays from `astrotl.io.batch` (any number of rows), as
-  `Model.make_fn` computes them on the device: resampling, then `spectra.network_input`
-  per the input `spec`, jit-compiled.  Rows go through in padded batches of one size, so
-  a long list (a labelled catalog) compiles once."""
-  import jax
-  import jax.numpy as jnp
-  from astrotl import parallel
-  from astrotl.preprocess import spectra
-  key = json.dumps(spec, sort_keys=True)
-  if key not in _INPUT_FNS:
-    frozen_spec = json.loads(key)  # a caller changing its dict later must not change this
-    _INPUT_FNS[key] = jax.jit(lambda u, f, v, m: spectra.network_input(
-        *spectra.resample_pixels(u, f, v, m, xp=jnp), frozen_spec, xp=jnp))
-  fn = _INPUT_FNS[key]
-  n = len(raw["u"])
-  size = min(batch_size, max(8, 1 << max(n - 1, 0).bit_length()))  # few compiled sizes
-  outs = []
-  for start in range(0, n, size):
-    part, _ = parallel.pad_rows({k: v[start:start + size] for k, v in raw.items()}, size)
-    x = fn(part["u"], part["flux"], part["ivar"], part["mask"])
-    outs.append(np.asarray(x)[:min(size, n - start)])
-  return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
-
-
-def _bind_second(fn, second, first, *rest):
-  return fn(first, second, *rest)
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -509,6 +372,21 @@ def load_model(name_or_path) -> Model:
   return model
 
 
+def shipped_architectures() -> list:
+  """[(model, config JSON, input shape)] of every network of the bundled models: the keys
+  of validate.KNOWN_SHAPES (rewrite it with `validate.write_known_shapes(...)` of this
+  when a shipped bundle or a model's code changes; a test says when)."""
+  out = []
+  for name in BUNDLED:
+    m = load_model(name)
+    for net in m.networks.values():
+      arch = (net.meta["model"], json.dumps(net.meta.get("config") or {}, sort_keys=True),
+              validate.input_shape(m.input, net.variables))
+      if arch not in out:
+        out.append(arch)
+  return out
+
+
 def from_torch(stage1_pt, stage2_pt=None) -> Model:
   """Tan et al.'s published PyTorch networks (7_cnn_model.pt, 2_cnn_model.pt) as a
   two-stage model with their 7 classes (no calibration); stage 1 alone (a 7-class
@@ -549,50 +427,3 @@ def _upsilont(folder) -> Model:
           "about": {"trained_by": "Kim et al. 2021 (UPSILoN-T), OGLE + EROS-2",
                     "source": str(folder)}}
   return Model({"main": variables}, meta, source="upsilont")
-
-
-# --- inputs -----------------------------------------------------------------------------
-
-def spectrum_inputs(inputs):
-  """(names, raw arrays, metas, errors) for files, Spectrum objects, (wavelength, flux[,
-  ivar[, mask]]) tuples or flux arrays on the common grid, alone or in a list."""
-  from astrotl import io as aio
-  from astrotl.io import batch as io_batch
-  from astrotl.preprocess import spectra
-  if isinstance(inputs, np.ndarray) and inputs.ndim == 2 and inputs.dtype.kind == "f":
-    inputs = list(inputs)
-  elif isinstance(inputs, (str, os.PathLike, aio.Spectrum, np.ndarray)) or (
-      isinstance(inputs, tuple) and len(inputs) in (2, 3, 4) and np.ndim(inputs[0]) == 1
-      and np.ndim(inputs[1]) == 1 and len(inputs[0]) == len(inputs[1]) > 4):
-    inputs = [inputs]
-  names, arrays, metas, errors = [], [], [], []
-  grid = spectra.wavelength_grid()
-  for i, item in enumerate(inputs):
-    try:
-      if isinstance(item, (str, os.PathLike)):
-        a, m = io_batch.decode(item)
-        name = os.fspath(item)
-      else:
-        if isinstance(item, np.ndarray):
-          if item.shape[-1] != len(grid):
-            raise aio.SpectrumError(f"input {i}", f"a flux array must have the common grid's "
-                                    f"{len(grid)} pixels (got {item.shape[-1]}); pass "
-                                    "(wavelength, flux, ivar) instead")
-          item = (grid, item)
-        if isinstance(item, tuple):
-          wave, flux = np.asarray(item[0], np.float64), np.asarray(item[1], np.float32)
-          ivar = np.asarray(item[2], np.float32) if len(item) > 2 else np.ones_like(flux)
-          mask = (np.asarray(item[3], bool) if len(item) > 3 else np.zeros(flux.shape, bool))
-          mask = mask | ~np.isfinite(flux) | ~(ivar > 0)
-          item = aio.Spectrum(wave, flux, ivar, mask, {})
-        a, m = io_batch.raw_arrays(item, path=f"input {i}")
-        name = str(i)
-    except aio.SpectrumError as e:
-      errors.append((str(e.path), e.reason))
-      continue
-    names.append(name)
-    arrays.append(a)
-    metas.append(m)
-  check_kept(len(arrays), errors, aio.SpectrumError, "could not be read")
-  raw = {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
-  return names, raw, metas, errors

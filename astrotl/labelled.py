@@ -6,7 +6,7 @@ them (`astrotl.scan.inputs.from_catalog`: relative to `root`, `.fits`/`.fits.gz`
 files found by name under `root`, duplicates and paths outside `root` refused), and the
 files are read with the scan's readers and preprocessing:
 
-  spectrum    `io.batch.decode_many`, then `bundle.network_inputs` with the source model's
+  spectrum    `io.batch.decode_many`, then `inference.network_inputs` with the source model's
               input spec: the very arrays `Model.predict` feeds the network;
   image       `io.images.read_image`, then `preprocess.images.to_model_input`;
   lightcurve  `io.lightcurve.read_curve`, then the 16 features (`lightcurves.features`,
@@ -287,7 +287,7 @@ def _bar(total, progress, what):
 
 def read_spectra(paths, spec, progress=True, chunk=1024):
   """Network inputs of spectrum files, exactly as the scan and `Model.predict` make them."""
-  from astrotl import bundle
+  from astrotl import inference
   from astrotl.io import batch as io_batch
   good, xs, errors = [], [], []
   bar = _bar(len(paths), progress, "spectra")
@@ -295,7 +295,7 @@ def read_spectra(paths, spec, progress=True, chunk=1024):
     part = paths[start:start + chunk]
     ok, raw, _, bad = io_batch.decode_many(part)
     if ok:
-      xs.append(bundle.network_inputs(raw, spec))
+      xs.append(inference.network_inputs(raw, spec))
     good += [start + i for i in ok]
     errors += [(p, why) for _, p, why in bad]
     if bar is not None:

@@ -18,15 +18,18 @@ expected, unless:
 - every array is finite and within +-MAX_ABS (larger weights overflow float32
   activations), and no BatchNorm variance is negative;
 - each network's weights have exactly the paths and shapes its model config builds for
-  the bundle's input, found with `jax.eval_shape` of the model's init (nothing runs);
+  the bundle's input, found with `jax.eval_shape` of the model's init (nothing runs), or
+  for the shipped architectures in a table that comes with the package (KNOWN_SHAPES);
 - a reference is (n, D), D the primary network's embedding width.
 
 Below `bundle` and `rules` (it imports neither), so both can use `column_name`.
 """
 
 import functools
+import hashlib
 import json
 import math
+import pathlib
 import re
 import warnings
 
@@ -451,9 +454,46 @@ def input_shape(spec: dict, variables=None) -> tuple:
   return (1, min(width, int(spec.get("pixels") or width)))
 
 
+KNOWN_SHAPES = "models/shapes.json"  # under astrotl/data
+
+
+def _shapes_key(model: str, config_json: str, shape: tuple) -> str:
+  text = json.dumps([model, json.loads(config_json), list(shape)], sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=1)
+def _known_shapes() -> dict:
+  """The shapes of the shipped bundles' architectures, worked out ahead (`write_known_shapes`;
+  a test recomputes them): tracing a model's init costs ~0.2 s a network, most of a load.
+  The table comes with the package's code, never with the bundle being checked."""
+  from astrotl import data
+  try:
+    path = data.sample_dir(KNOWN_SHAPES.split("/")[0]) / KNOWN_SHAPES.split("/")[1]
+    table = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return {}
+  return {k: {p: tuple(s) for p, s in v.items()} for k, v in table.items()}
+
+
+def write_known_shapes(models_json: list) -> pathlib.Path:
+  """Writes the known-shapes table for [(model, config_json, shape)], traced afresh."""
+  from astrotl import data
+  table = {_shapes_key(*m): {p: list(s) for p, s in _traced_shapes(*m).items()}
+           for m in models_json}
+  path = data.sample_dir(KNOWN_SHAPES.split("/")[0]) / KNOWN_SHAPES.split("/")[1]
+  path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+  return path
+
+
 @functools.lru_cache(maxsize=64)
 def _init_shapes(model: str, config_json: str, shape: tuple) -> dict:
   """{params/batch_stats path: shape} that model(config) builds for inputs of `shape`."""
+  known = _known_shapes().get(_shapes_key(model, config_json, shape))
+  return known if known is not None else _traced_shapes(model, config_json, shape)
+
+
+def _traced_shapes(model: str, config_json: str, shape: tuple) -> dict:
   import jax
   import jax.numpy as jnp
   from astrotl import models, surgery

@@ -549,8 +549,8 @@ _WORKER = {}
 
 def _inputs(spec, variables):
   """A batch of real network inputs for an input spec (cached): sample spectra through the
-  bundle's own preprocessing (numpy: `bundle.network_inputs` computes the same under jit)."""
-  from astrotl import bundle, data, validate
+  bundle's own preprocessing (numpy: `inference.network_inputs` computes the same under jit)."""
+  from astrotl import inference, data, validate
   from astrotl.preprocess import spectra
   key = json.dumps(spec, sort_keys=True)
   if key not in _WORKER:
@@ -558,7 +558,7 @@ def _inputs(spec, variables):
     if kind == "spectrum":
       if "raw" not in _WORKER:
         files = [str(r["path"]) for r in data.sample_index("spectra")][:6]
-        raw = bundle.spectrum_inputs(files)[1]
+        raw = inference.spectrum_inputs(files)[1]
         _WORKER["raw"] = spectra.resample_pixels(raw["u"], raw["flux"], raw["ivar"],
                                                  raw["mask"])
       _WORKER[key] = np.asarray(spectra.network_input(*_WORKER["raw"], spec), np.float32)

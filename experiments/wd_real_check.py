@@ -109,6 +109,8 @@ def define_flags():
   f.DEFINE_integer("mc", 20000, "Monte Carlo draws for the purity interval.")
   f.DEFINE_integer("batch_size", 256, "Spectra per device step (as the scan).")
   f.DEFINE_integer("spikes", 3, "Copies of each real LAMOST star with one injected spike.")
+  f.DEFINE_integer("cam_draws", 3, "Grad-CAM Balmer share on this many draws of each DA (at "
+                   "S/N 20) and of each LAMOST A star (native); 0: none.")
 
 
 # --- all contact with the scan ------------------------------------------------------------
@@ -127,30 +129,16 @@ def score(model, flux, ivar, mask, u=None, batch_size=256, survey_class=None):
   the scan applies it; p_wd (n,); stage1 (n, classes) probabilities; pred_class; classes).
   """
   import jax
-  from astrotl import bundle, parallel, rules
-  from astrotl.io import batch as io_batch
-  if not isinstance(model, bundle.Model):
-    key = "wd_two_stage" if model is None else str(model)
-    if key not in _MODELS:
-      _MODELS[key] = bundle.load_model(key)
-    model = _MODELS[key]
+  from astrotl import inference, parallel, rules
+  model = loaded(model)
   if not hasattr(model, "_real_check_fn"):
     mesh = parallel.make_mesh(jax.local_devices())
     model._real_check_fn = (mesh, model.make_fn(mesh), parallel.replicate(model.variables(), mesh))
   mesh, fn, variables = model._real_check_fn
   n_dev = mesh.devices.size
   batch_size = max(n_dev, batch_size // n_dev * n_dev)
-  flux = np.atleast_2d(flux)
+  u, flux, ivar, mask = raw_arrays(flux, ivar, mask, u)
   n = len(flux)
-  ivar, mask = (np.broadcast_to(a, flux.shape) for a in (ivar, mask))
-  if u is None:  # grid arrays: pad like io.batch.decode pads a spectrum already on the grid
-    raw = io_batch.RAW_LEN
-    pad = raw - flux.shape[1]
-    u = np.broadcast_to(np.arange(raw, dtype=np.float32), (n, raw))
-    flux = np.pad(np.asarray(flux, np.float32), ((0, 0), (0, pad)))
-    ivar = np.pad(np.asarray(ivar, np.float32), ((0, 0), (0, pad)))
-    mask = np.pad(np.asarray(mask, bool), ((0, 0), (0, pad)), constant_values=True)
-  u = np.asarray(u, np.float32)
   wave = 10.0 ** (spectra.LOGLAM0 + spectra.DLOGLAM * u.astype(np.float64))
   outs = []
   for i in range(0, n, batch_size):
@@ -162,7 +150,7 @@ def score(model, flux, ivar, mask, u=None, batch_size=256, survey_class=None):
     snr = spectra.snr(host["flux"], host["ivar"], host["mask"], wave[i:i + m]).astype(np.float32)
     host, _ = parallel.pad_rows(host, batch_size)
     arrays = parallel.shard_batch(host, mesh, batch_size)
-    out = fn(variables, *(arrays[k] for k in bundle.DEVICE_KEYS))
+    out = fn(variables, *(arrays[k] for k in inference.DEVICE_KEYS))
     outs.append({"snr": snr, **{k: np.asarray(jax.device_get(v))[:m] for k, v in out.items()}})
   outs = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
   cols = model.outputs_to_columns(outs)
@@ -172,6 +160,68 @@ def score(model, flux, ivar, mask, u=None, batch_size=256, survey_class=None):
   return {"candidate": rules.select(model.rule, cols), "p_wd": cols[model.rule["score"]],
           "stage1": outs[stage1], "pred_class": cols[model.rule["agree"]],
           "classes": list(model.classes), "snr": cols["snr"]}
+
+
+def loaded(model):
+  """A bundle path or name (None: the bundled model) as a Model, loaded once."""
+  from astrotl import bundle
+  if isinstance(model, bundle.Model):
+    return model
+  key = "wd_two_stage" if model is None else str(model)
+  if key not in _MODELS:
+    _MODELS[key] = bundle.load_model(key)
+  return _MODELS[key]
+
+
+def raw_arrays(flux, ivar, mask, u=None):
+  """(u, flux, ivar, mask) as `astrotl.io.batch.decode` gives them, (n, RAW_LEN): arrays on
+  the common grid (u None) are padded as decode pads a spectrum already on the grid."""
+  from astrotl.io import batch as io_batch
+  flux = np.atleast_2d(flux)
+  n = len(flux)
+  ivar, mask = (np.broadcast_to(a, flux.shape) for a in (ivar, mask))
+  if u is None:
+    raw = io_batch.RAW_LEN
+    pad = raw - flux.shape[1]
+    u = np.broadcast_to(np.arange(raw, dtype=np.float32), (n, raw))
+    flux = np.pad(np.asarray(flux, np.float32), ((0, 0), (0, pad)))
+    ivar = np.pad(np.asarray(ivar, np.float32), ((0, 0), (0, pad)))
+    mask = np.pad(np.asarray(mask, bool), ((0, 0), (0, pad)), constant_values=True)
+  return np.asarray(u, np.float32), flux, ivar, mask
+
+
+# Balmer windows of the Grad-CAM share: the line-feature windows of Halpha-Hdelta and
+# Hepsilon (astrotl.preprocess.lines.LINES), fixed before any map was looked at.
+CAM_LINES = ("ha", "hb", "hg", "hd", "he")
+
+
+def cam_balmer_share(model, items):
+  """Grad-CAM of the positive class of the model's white-dwarf network on (u, f, v, m)
+  items: per item, the map's share in the Balmer windows over the windows' share of the
+  pixels (1 = no preference for the lines); NaN where every map is empty (nothing in the
+  spectrum raises the white-dwarf score: most ordinary stars)."""
+  from astrotl import explain, inference
+  from astrotl.preprocess import lines
+  model = loaded(model)
+  net = next(n for n in model.networks.values() if n.meta.get("positive"))
+  target = net.classes.index(net.meta["positive"])
+  out = []
+  for u, f, v, m in items:
+    u, f, v, m = raw_arrays(f, v, m, u)
+    raw = {"u": u, "flux": np.nan_to_num(f).astype(np.float32),
+           "ivar": np.nan_to_num(v).astype(np.float32), "mask": np.asarray(m, bool)}
+    x = inference.network_inputs(raw, model.input)
+    wave = spectra.binned(spectra.wavelength_grid(), int(model.input.get("bin", 1)))[:x.shape[1]]
+    window = np.zeros(len(wave), bool)
+    for name, centre, half, *_ in lines.LINES:
+      if name in CAM_LINES:
+        window |= np.abs(wave - centre) <= half
+    maps = explain.cam(net.model, net.variables, x, target=target)
+    total = maps.sum(1)
+    share = np.where(total > 0, maps[:, window].sum(1) / np.maximum(total, 1e-12), np.nan)
+    ratio = share / window.mean()
+    out.append(float(np.nanmean(ratio)) if np.isfinite(ratio).any() else float("nan"))
+  return out
 
 
 # --- the spectra ------------------------------------------------------------------------
@@ -459,9 +509,17 @@ def main(argv):
           i += 1
     pending[bundle] = []
 
+  cam_items = collections.defaultdict(list)  # (bundle, kind) -> [(object, (u, f, v, m))]
+
   def add(bundle, meta, u, f, v, m):
     if bundle is None:
       return
+    kind = ("DA" if meta["label"].startswith("WD DA") and meta["snr"] == 20.0 else
+            "LAMOST A" if meta["label"] == "LAMOST A" and meta["snr"] == "native" else None)
+    if kind and FLAGS.cam_draws:
+      k = FLAGS.cam_draws
+      cam_items[(bundle, kind)].append(
+          (meta["object"], (None if u is None else u[:k], f[:k], v[:k], m[:k])))
     pending[bundle].append((meta, u, f, v, m))
     flush(bundle)
 
@@ -510,6 +568,18 @@ def main(argv):
   for bundle in list(pending):
     flush(bundle, force=True)
   logging.info("scored %d spectra in %.0f s", len(rows), time.time() - t0)
+  cam = collections.defaultdict(dict)  # kind -> object -> mean share ratio of its draws
+  for (bundle, kind), items in cam_items.items():
+    for obj, ratio in zip([o for o, _ in items], cam_balmer_share(bundle, [it for _, it in items])):
+      cam[kind][obj] = ratio
+  cam_summary = {}
+  for kind, v in cam.items():
+    got = [r for r in v.values() if np.isfinite(r)]
+    cam_summary[kind] = {"n_objects": len(v), "n_empty_maps": len(v) - len(got),
+                         "median": float(np.median(got)) if got else None,
+                         "q25_q75": [float(q) for q in np.percentile(got, [25, 75])] if got
+                         else None}
+  logging.info("Grad-CAM Balmer share / pixel share: %s", cam_summary)
 
   cells = tabulate(rows)
   population = parse_mix(FLAGS.population)
@@ -557,6 +627,11 @@ def main(argv):
                      "wd_mix": wd_mix, "snr_mix": snr_mix, "snr_mix_source": snr_source,
                      "sources": POPULATION_SOURCES, "rates_from": SOURCE_OF},
       "purity": purities, "n_spectra": len(rows), "seconds": time.time() - t0,
+      "cam_balmer": {"windows": CAM_LINES, "what": "Grad-CAM of the white-dwarf class: its "
+                     "share in the Balmer windows over their share of the pixels (1: no "
+                     "preference), per object the mean of --cam_draws draws; DAs at S/N 20, "
+                     "LAMOST A stars native; each by the bundle --cv gives it",
+                     "by_kind": cam_summary, "objects": cam},
   }
   (workdir / "results.json").write_text(json.dumps(results, indent=1, default=common.json_default))
   write_rows(workdir / "rows.csv.gz", rows)
@@ -693,6 +768,17 @@ def markdown(res):
   falls = sorted({f for p in every for f in p["snr_fallbacks"]})
   if falls:
     lines += ["", "S/N cells without data take the nearest measured S/N: " + "; ".join(falls)
+              + "."]
+  cam = (res.get("cam_balmer") or {}).get("by_kind") or {}
+  if cam:
+    lines += ["", "**Grad-CAM on the Balmer lines** (the white-dwarf class's map: share in "
+              f"the {'/'.join(res['cam_balmer']['windows'])} windows over their share of the "
+              "pixels; 1 = no preference): " + "; ".join(
+                  f"{kind} {c['median']:.2f} (quartiles {c['q25_q75'][0]:.2f}–"
+                  f"{c['q25_q75'][1]:.2f}, {c['n_objects']} objects, {c['n_empty_maps']} with "
+                  "an empty map)" if c["median"] is not None else
+                  f"{kind}: every map empty ({c['n_objects']} objects)"
+                  for kind, c in cam.items())
               + "."]
   lines += ["", f"Command: `{res['command']}`", ""]
   return "\n".join(lines)

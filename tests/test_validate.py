@@ -337,3 +337,15 @@ def test_a_fixed_seed_slice_of_the_fuzz_has_no_failures():
          or f.get("load_wall_s", 0) > 5.0]
   assert s["cases"] == 40 and bad == [], json.dumps(bad, default=str)[:3000]
   assert s["outcomes"].get("bundle ok") and s["outcomes"].get("bundle refused")
+
+
+def test_the_known_shapes_table_is_what_the_models_build():
+  """The table that spares a load the tracing must hold exactly the traced shapes of every
+  shipped architecture, or a model change would slip past the shape check."""
+  archs = bundle.shipped_architectures()
+  table = validate._known_shapes()
+  fix = ("rewrite it: python -c 'from astrotl import bundle, validate; "
+         "validate.write_known_shapes(bundle.shipped_architectures())'")
+  assert {validate._shapes_key(*a) for a in archs} == set(table), fix
+  for arch in archs:
+    assert table[validate._shapes_key(*arch)] == validate._traced_shapes(*arch), (arch[0], fix)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from astrotl import cli, parallel, rules
-from astrotl.bundle import DEVICE_KEYS
+from astrotl.inference import DEVICE_KEYS
 from astrotl.scan import chunks, tables, workers
 
 # Device batches queued at once.  Two keep the device busy while the host gathers the
