@@ -223,6 +223,21 @@ def parse_flags(prog: str, argv):
     fail(prog, " ".join(str(e).split()) + " (see --help)")
 
 
+def define_catalog_flags(verb: str, max_missing: bool = True):
+  """--root, --path_column, --allow_outside_root (and --max_missing): how every command
+  that takes a catalog of files finds them (astrotl.scan.inputs.from_catalog).  The caller
+  then adopts them (`flags.adopt_module_key_flags(cli)`), or --help leaves them out."""
+  from absl import flags
+  flags.DEFINE_string("root", None, "Folder the catalog's paths are relative to (default: "
+                      "the catalog's folder).")
+  flags.DEFINE_string("path_column", None, "Catalog column holding file paths.")
+  flags.DEFINE_bool("allow_outside_root", False, f"{verb} catalog paths that lead outside "
+                    "--root.")
+  if max_missing:
+    flags.DEFINE_float("max_missing", 0.5, "Exit with code 1 if more than this fraction of "
+                       "the catalog's files are missing.")
+
+
 def run(define_flags, main, doc: str):
   """Defines the flags and runs `main` under absl; --help prints `doc` and the flags and
   exits 0 (absl's own --help exits 1).  The command's name is its module's PROG."""

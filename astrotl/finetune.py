@@ -333,17 +333,15 @@ def _define_flags():
                   "upsilont, wd_two_stage:stage2), a bundle (x.npz, x.npz:stage1), an orbax "
                   "training workdir, or torch:7_cnn_model.pt.")
   f.DEFINE_string("out", d["out"], "The model bundle to write.")
-  f.DEFINE_string("root", None, "Folder the catalog's paths are relative to (default: the "
-                  "catalog's folder).")
+  cli.define_catalog_flags("Read", max_missing=False)
+  flags.adopt_module_key_flags(cli)  # so that --help lists them
   f.DEFINE_string("label_column", None, "Column of labels (default: label).")
   f.DEFINE_string("label_transform", None, "Applied to each label: 'letter' (MK letter of a "
                   "subclass, G7 -> G).")
   f.DEFINE_list("classes", None, "Classes to learn, in order (default: every label found); "
                 "rows with other labels are skipped.")
-  f.DEFINE_string("path_column", None, "Column of file paths.")
   f.DEFINE_string("group_column", None, "Column naming the object of each row (default: "
                   "group or designation, and obsid, and sky position).")
-  f.DEFINE_bool("allow_outside_root", False, "Read catalog paths that lead outside --root.")
   f.DEFINE_list("split", [str(v) for v in d["split"]], "Fractions of objects per class for "
                 "train, validation, test.")
   f.DEFINE_integer("seed", d["seed"], "Seed of the split, initialisation and batch order.")

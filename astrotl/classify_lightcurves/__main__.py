@@ -18,12 +18,8 @@ def define_flags():
   f.DEFINE_string("lightcurves", None, "Folders (searched recursively), files or globs of "
                   "light-curve files, comma-separated, or one catalog (CSV/FITS with a file "
                   "column).  Default: the two EROS-2 sample curves bundled with astrotl.")
-  f.DEFINE_string("root", None, "Folder the catalog's paths are relative to (default: the "
-                  "catalog's folder).")
-  f.DEFINE_string("path_column", None, "Catalog column holding file paths.")
-  f.DEFINE_bool("allow_outside_root", False, "Read catalog paths that lead outside --root.")
-  f.DEFINE_float("max_missing", 0.5, "Exit with code 1 if more than this fraction of the "
-                 "catalog's files are missing.")
+  cli.define_catalog_flags("Read")
+  flags.adopt_module_key_flags(cli)  # so that --help lists them
   f.DEFINE_string("model", None, "Light-curve model bundle (.npz) or bundled name.  Default: "
                   "upsilont (Kim et al. 2021).")
   f.DEFINE_string("time_column", None, "Time column (name or 0-based number); default: found "

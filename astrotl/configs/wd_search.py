@@ -17,6 +17,15 @@ from astrotl import train
 from astrotl.configs import parse_arg
 
 
+def _cnn1d(**settings):
+  """A training config of the cnn1d, quiet (no progress bar), with these settings."""
+  c = train.default_config()
+  c.model = "cnn1d"
+  c.update(settings)
+  c.progress = False
+  return c
+
+
 def get_config(arg=None):
   a = parse_arg(arg, quick=False)
   c = ml_collections.ConfigDict()
@@ -45,23 +54,13 @@ def get_config(arg=None):
   c.blur_resolution = (700.0, 1800.0)
   c.real_response_sigma = 0.1    # extra response on real LAMOST stars (they have their own)
 
-  c.stage1 = train.default_config()
-  c.stage1.model = "cnn1d"
-  c.stage1.batch_size = 64
-  c.stage1.num_steps = 2000
-  c.stage1.learning_rate = 1e-3
-  c.stage1.eval_every = 250
-  c.stage1.checkpoint_every = 500
-  c.stage1.progress = False
+  c.stage1 = _cnn1d(batch_size=64, num_steps=2000, learning_rate=1e-3, eval_every=250,
+                    checkpoint_every=500)
 
-  c.stage2 = train.default_config()   # on stage 1's frozen conv trunk
-  c.stage2.model = "cnn1d"
-  c.stage2.batch_size = 64
-  c.stage2.num_steps = 1200         # ~4 epochs: the rare hot-star negatives need them
-  c.stage2.learning_rate = 5e-4
-  c.stage2.eval_every = 100
-  c.stage2.checkpoint_every = 1000
-  c.stage2.progress = False
+  # On stage 1's frozen conv trunk; 1,200 steps (~4 epochs): the rare hot-star negatives
+  # need them.
+  c.stage2 = _cnn1d(batch_size=64, num_steps=1200, learning_rate=5e-4, eval_every=100,
+                    checkpoint_every=1000)
 
   # The candidate rule the bundle declares.
   c.threshold = 0.5
@@ -72,14 +71,8 @@ def get_config(arg=None):
   c.survey_prior = 0.0005
 
   # The stage-2 study: transfer from stage 1 vs scratch, N target labels (fold 0).
-  c.study = train.default_config()
-  c.study.model = "cnn1d"
-  c.study.batch_size = 16
-  c.study.num_steps = 80
-  c.study.learning_rate = 5e-4
-  c.study.eval_every = 10
-  c.study.checkpoint_every = 1000
-  c.study.progress = False
+  c.study = _cnn1d(batch_size=16, num_steps=80, learning_rate=5e-4, eval_every=10,
+                   checkpoint_every=1000)
   c.target_sizes = (10, 40, 160)
   c.seeds = (0, 1, 2)
   c.variants = ("finetune_all", "frozen_stem", "n_blocks_2", "scratch")

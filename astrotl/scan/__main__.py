@@ -22,12 +22,8 @@ def define_flags():
                   "files, comma-separated.  Default: the spectra bundled with astrotl.")
   f.DEFINE_string("catalog", None, "Catalog CSV/FITS listing the files (a path column, or "
                   "LAMOST obsdate/planid/lmjd/spid/fiberid).")
-  f.DEFINE_string("root", None, "Folder the catalog's paths are relative to (default: the "
-                  "catalog's folder).")
-  f.DEFINE_string("path_column", None, "Catalog column holding file paths.")
-  f.DEFINE_bool("allow_outside_root", False, "Scan catalog paths that lead outside --root.")
-  f.DEFINE_float("max_missing", 0.5, "Exit with code 1 if more than this fraction of the "
-                 "catalog's files are missing.")
+  cli.define_catalog_flags("Scan")
+  flags.adopt_module_key_flags(cli)  # so that --help lists them
   f.DEFINE_string("model", None, "Model bundle (.npz), a bundled model name (wd_two_stage, "
                   "wd_stage1), or 'torch:7_cnn_model.pt,2_cnn_model.pt' for Tan et al.'s "
                   "PyTorch weights.  Default: wd_two_stage.")
