@@ -33,6 +33,7 @@ runs on fold 0: source = fold 0's stage 1, test = fold 0's held-out objects.
 
 import json
 import pathlib
+import shutil
 import sys
 import time
 import zlib
@@ -514,12 +515,20 @@ def plot_study(workdir, summary, config):
 
 # --- the cross-validated held-out rows: calibration and the baseline ------------------------
 
+# Each fold's held-out rows are also kept here, in the repository: a fold takes most of an
+# hour on two cores, so the cross-validation is done (and committed) in parts.
+HELD_OUT = REPO / "experiments" / "results" / "wd_search" / "held_out"
+
+
 def read_rows(workdir, folds):
+  """Every fold's held-out rows: the workdir's, else the committed copy (HELD_OUT)."""
   import csv
   import gzip
   rows = []
   for k in range(folds):
     path = workdir / f"fold_{k}" / "held_out_rows.csv.gz"
+    if not path.exists():
+      path = HELD_OUT / f"fold_{k}.csv.gz"
     if path.exists():
       with gzip.open(path, "rt", newline="") as f:
         rows += [dict(r, fold=k) for r in csv.DictReader(f)]
@@ -741,7 +750,9 @@ def main(argv):
       del data
       write_rows(rows_path, score_held_out(path, lines_model, objects, held, pools, config,
                                            config.seed + 10 * k + 7))
-      logging.info("fold %d: held-out rows in %s", k, rows_path)
+      HELD_OUT.mkdir(parents=True, exist_ok=True)
+      shutil.copyfile(rows_path, HELD_OUT / f"fold_{k}.csv.gz")
+      logging.info("fold %d: held-out rows in %s (and %s)", k, rows_path, HELD_OUT)
     if not path.exists():  # not trained yet (e.g. --only=final): no model has held them out
       cv.update({o["key"]: None for o in objects if o["group"] in held})
       continue
