@@ -592,6 +592,10 @@ def held_out_summary(workdir, config):
 
 # --- the run --------------------------------------------------------------------------------
 
+def config_folds() -> int:
+  return _CONFIG.value.folds if _CONFIG.value is not None else 5
+
+
 def annotate(bundle_path, results_path):
   """Puts wd_real_check's measured rates for the bundle's own rule into its metadata."""
   res = json.loads(pathlib.Path(results_path).read_text())
@@ -603,6 +607,7 @@ def annotate(bundle_path, results_path):
   about = dict(model.meta["about"])
   fp = next(iter(by_fraction.values()))["false_positive_rate"]  # the same at every fraction
   n_stars = res["cells"]["LAMOST A-M (all)"]["native"]["n_objects"]
+  n_models = len({v for v in res.get("cv", {}).values() if v})  # fold models that scored
   about["false_positive_rate"] = {
       "median": fp["median"], "low": fp["95"][0], "high": fp["95"][1],
       "description": f"fraction of non-white-dwarf LAMOST spectra flagged, for the DR9 mix of "
@@ -615,9 +620,10 @@ def annotate(bundle_path, results_path):
                                 "completeness_95": p["completeness"]["95"]}
                          for frac, p in by_fraction.items()},
       "note": "white-dwarf fraction 0.005: Tan et al.'s pre-selected sample; 0.0005: a whole "
-              f"LAMOST survey. Intervals come from how few real test objects there are ({n_stars} "
-              "LAMOST stars, a few O/B stars and hot subdwarfs), not only from measured false "
-              "positives"}
+              f"LAMOST survey. Real objects scored by {n_models} cross-validation fold "
+              f"model(s) that never saw them ({config_folds()} folds in all). Intervals come "
+              f"from how few real test objects there are ({n_stars} LAMOST stars, a few O/B "
+              "stars and hot subdwarfs), not only from measured false positives"}
   about["real_spectrum_check"] = {"command": res["command"], "cells": {
       k: {s: c["rate"] for s, c in v.items()} for k, v in res["cells"].items()}}
   model.with_meta(about=about).save(bundle_path, int8=INT8)
