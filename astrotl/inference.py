@@ -168,6 +168,14 @@ def _bind_second(fn, second, first, *rest):
   return fn(first, second, *rest)
 
 
+def compile_fn(fn, variables, *arrays):
+  """Compiles a `make_fn` function for these arguments without running it: the first
+  call with arguments of the same shapes and shardings then reuses the trace, the
+  lowering and the executable (a run of a dummy batch would cost as much as a real one)."""
+  jitted, reference = fn.args
+  jitted.lower(variables, reference, *arrays).compile()
+
+
 def spectrum_inputs(inputs):
   """(names, raw arrays, metas, errors) for files, Spectrum objects, (wavelength, flux[,
   ivar[, mask]]) tuples or flux arrays on the common grid, alone or in a list."""

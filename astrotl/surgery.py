@@ -13,11 +13,13 @@ Typical recipe (big_vision / Zoobot style)::
 """
 
 import re
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import jax
 import numpy as np
-import optax
+
+if TYPE_CHECKING:  # optax loads in the functions that build optimizers: loading a bundle
+  import optax     # (the scan, predict) needs only the tree functions
 
 
 class SurgeryError(ValueError):
@@ -118,12 +120,13 @@ def zeros(params, pattern) -> dict:
   return jax.tree.map(lambda z, p: jax.numpy.zeros_like(p) if z else p, m, params)
 
 
-def freeze(tx: optax.GradientTransformation, params, pattern) -> optax.GradientTransformation:
+def freeze(tx: "optax.GradientTransformation", params, pattern) -> "optax.GradientTransformation":
   """`tx` on trainable leaves, zero updates and no optimizer state on frozen ones.
 
   Frozen = path matches `pattern`.  Freezing BatchNorm statistics is the train step's
   job (`astrotl.train` keeps batch_stats under the same pattern).
   """
+  import optax
   frozen = mask(params, pattern)
   labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
   if not any(l == "train" for l in jax.tree.leaves(labels)):
@@ -131,7 +134,7 @@ def freeze(tx: optax.GradientTransformation, params, pattern) -> optax.GradientT
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def lr_multipliers(params, rules: Sequence[tuple[str, float]]) -> optax.GradientTransformation:
+def lr_multipliers(params, rules: Sequence[tuple[str, float]]) -> "optax.GradientTransformation":
   """Scales updates by the multiplier of the first rule whose pattern matches each path.
 
   Chain it after the optimizer (`optax.chain(adam, lr_multipliers(...))`).  Every leaf
@@ -149,6 +152,7 @@ def lr_multipliers(params, rules: Sequence[tuple[str, float]]) -> optax.Gradient
   if uncovered:
     raise SurgeryError(f"lr_multipliers: {len(uncovered)} parameter(s) match no rule "
                        "(add ('.*', 1.0) as a default):\n  " + "\n  ".join(uncovered))
+  import optax
   label_tree = unflatten(labels)
   transforms = {m: optax.scale(float(m)) for m in set(labels.values())}
   return optax.multi_transform(transforms, label_tree)

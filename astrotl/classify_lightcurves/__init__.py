@@ -85,6 +85,8 @@ def classify(lightcurves=None, out="astrotl-lightcurves", model=None, root=None,
                 "cascade": None, "reader": dict(reader, max_bytes=max_bytes)})
     pool = w.DecodePool(workers, time_limit, raw_len=max_bytes,
                         decode=functools.partial(io_lc.read_many, **reader))
+    for i in range(store.n_chunks):
+      store.verify(i, log)  # a damaged chunk (its record's sha256) is set aside: redone below
     already = store.n_done_inputs()
     todo = [i for i in range(store.n_chunks) if not store.done(i)]
     n_todo = sum(b - a for a, b in map(store.span, todo))
@@ -261,37 +263,41 @@ def merge(store, model, found, carried, stats, ids=()) -> dict:
   label = io_catalog.find_column(found.table, LABEL_ALIASES) if found.table is not None else None
   label = carried.get(label)
   writer, errors, n_rows, classes, versus = None, [], 0, {}, {}
+  smerge.check_chunks(store)  # rows against each chunk's record, before any is read
   tmp = out / f".predictions.parquet.{os.getpid()}.tmp"
   try:
-    for i in range(store.n_chunks):
-      t, errs = store.read(i)
-      errors += errs
-      if writer is None:
-        writer = pq.ParquetWriter(tmp, smerge.schema_with_meta(t.schema, info, lengths))
-      writer.write_table(t.cast(writer.schema))
-      n_rows += t.num_rows
-      pred = [str(v) for v in t["pred_class"].to_pylist()] if "pred_class" in t.column_names \
-          else []
-      for p in pred:
-        classes[p] = classes.get(p, 0) + 1
-      if label:
-        for truth, p in zip(t[label].to_pylist(), pred):
-          row = versus.setdefault(str(truth), {})
-          row[p] = row.get(p, 0) + 1
-    writer.close()
-    os.replace(tmp, out / "predictions.parquet")
+    with smerge.writing(out / "predictions.parquet"):  # a full disk: one line
+      for i in range(store.n_chunks):
+        t, errs = store.read(i)
+        errors += errs
+        if writer is None:
+          writer = pq.ParquetWriter(tmp, smerge.schema_with_meta(t.schema, info, lengths))
+        writer.write_table(t.cast(writer.schema))
+        n_rows += t.num_rows
+        pred = [str(v) for v in t["pred_class"].to_pylist()] if "pred_class" in t.column_names \
+            else []
+        for p in pred:
+          classes[p] = classes.get(p, 0) + 1
+        if label:
+          for truth, p in zip(t[label].to_pylist(), pred):
+            row = versus.setdefault(str(truth), {})
+            row[p] = row.get(p, 0) + 1
+      writer.close()
+      os.replace(tmp, out / "predictions.parquet")
   finally:
     tmp.unlink(missing_ok=True)
   if n_rows <= FITS_MAX_ROWS:
     t = smerge.astropy_table(pq.read_table(out / "predictions.parquet"), info)
     t.meta = {"MODEL": str(model.name)[:60]}
-    write_atomic(out / "predictions.fits", lambda p: smerge.write_fits(p, t))
+    with smerge.writing(out / "predictions.fits"):
+      write_atomic(out / "predictions.fits", lambda p: smerge.write_fits(p, t))
   else:
     (out / "predictions.fits").unlink(missing_ok=True)  # a stale copy would mislead
   errors += [(p, "", f"refused: {reason}") if ids else (p, f"refused: {reason}")
              for _, p, reason in found.refused]
   header = ["file", "id", "reason"] if ids else ["file", "reason"]
-  write_atomic(out / "errors.csv", lambda p: smerge.write_csv(p, header, errors))
+  with smerge.writing(out / "errors.csv"):
+    write_atomic(out / "errors.csv", lambda p: smerge.write_csv(p, header, errors))
   about = model.meta.get("about") or {}
   summary = {
       "n_inputs": store.n_inputs + len(found.refused), "n_classified": n_rows,
@@ -309,5 +315,6 @@ def merge(store, model, found, carried, stats, ids=()) -> dict:
     summary["label_column"] = label
     summary["labels_vs_predicted"] = versus
   summary.update(stats)
-  write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+  with smerge.writing(out / "summary.json"):
+    write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
   return summary

@@ -1,8 +1,10 @@
 """Small real samples and trained models shipped with the package.
 
 spectra/    59 LAMOST LRS spectra covering every file layout (see spectra/index.csv and
-            PROVENANCE.md; LAMOST data policy, acknowledgement required), and in
-            spectra/sdss_boss/ one real SDSS BOSS white dwarf (MIT, its own index.csv).
+            PROVENANCE.md; LAMOST data policy, acknowledgement required), the same files
+            as rows of LAMOST's DR9 LRS general catalogue (lrs_general_catalogue.csv,
+            from their headers), and in spectra/sdss_boss/ one real SDSS BOSS white
+            dwarf (MIT, its own index.csv).
 wd_models/  the Warwick 3D DA white-dwarf model grid, 3000-10000 A (MIT, via corv).
 upsilont/   the published UPSILoN-T network of Kim et al. 2021 (MIT).
 lightcurves/ UPSILoN's two EROS-2 sample light curves (MIT), the default input of

@@ -9,12 +9,14 @@ two-stage white-dwarf model, into ./astrotl-scan.  Typical survey use::
 or from Python, `astrotl.scan.scan(catalog=..., root=..., out=...)`.
 
 Data flows one way through small modules:
-  inputs   files from folders, globs or a catalog, resolved and checked before any work;
+  inputs   files from folders, globs or a catalog, checked before any work; a catalog is
+           read in blocks, its chunks are ranges of its rows, resolved as they are scanned;
   workers  decoding in processes with a per-file time limit (astrotl.io readers);
   runner   batches through one jit-compiled function on the local devices (resampling,
            normalisation and the networks, `astrotl.bundle.Model.make_fn`), overlapped
            with decoding and with chunk writes;
   chunks   the output folder: lock, manifest, journaled atomic chunks (resume exactly),
+           each with a record of its files' sha256 (a damaged chunk is scanned again),
            with --embeddings each spectrum's embedding beside its row;
   merge    chunks -> predictions.parquet, candidates.fits/.vot, errors.csv, summary.json,
            with --anomalies=N anomalies.fits/.vot;
@@ -71,7 +73,7 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
          known_dec_column=None, radius=3.0, path_column=None, allow_outside_root=False,
          max_missing=0.5, batch_size=256, chunk_size=0, workers=None, time_limit=60.0,
          mode="auto", top=12, explain=False, embeddings=False, anomalies=0, progress=True,
-         log=print):
+         log=print, catalog_limits=None, strict_known=False):
   """Scans spectra into `out` and returns the summary dict (None on processes other than 0).
 
   spectra: folders, files or globs (comma-separated text or a list); or catalog (+ root).
@@ -79,6 +81,9 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   features, float16) in the chunks, for `astrotl.similar`, and its anomaly score (the
   column `anomaly`; null when the bundle has no reference); anomalies: write the N most
   anomalous spectra to anomalies.fits/.vot.
+  catalog_limits: what --catalog and --known may hold (io.limits.Limits, or its text:
+  'rows=200M,bytes=40G'); strict_known: a --known row without a usable RA/Dec is an
+  error rather than skipped (and counted in the summary).
 
   Re-running the same call continues where a killed or interrupted run stopped.  Bad
   arguments raise InputError, OutputError, BundleError or RuleError before any file is
@@ -97,22 +102,26 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
   veto = rules.veto_classes(veto)  # a misspelt class fails now, before the catalog is read
   if anomalies and not embeddings:
     raise InputError("--anomalies needs --embeddings (the anomaly score is computed with them)")
+  limits = catalog_limits_of(catalog_limits)
   found, known_cat, m, rule = prepare(spectra, catalog, root, path_column, allow_outside_root,
                                       known, known_ra_column, known_dec_column, radius, model,
-                                      select, threshold, min_snr, veto)
+                                      select, threshold, min_snr, veto, limits=limits,
+                                      strict_known=strict_known)
   import jax
   from astrotl import parallel
   from astrotl.scan import chunks, merge as scan_merge, runner, workers as w
   cli.check()
   parallel.enable_compilation_cache()
   times = {"prepare": time.time() - t_start}
-  paths = found.paths
-  digest = chunks.inputs_digest(paths)
+  n = found.n_items  # a catalog's chunks are ranges of its rows
+  digest = found.digest or chunks.inputs_digest(found.paths)
   chunk_size = (chunk_size or chunks.resumed_chunk_size(out, digest)
-                or chunks.auto_chunk_size(len(paths), batch_size))
+                or chunks.auto_chunk_size(n, batch_size))
   n_proc, me = jax.process_count(), jax.process_index()
   main = me == 0
-  store = chunks.Store(out, len(paths), chunk_size)
+  if main and known_cat is not None and known_cat.warning():
+    log(f"astrotl.scan: WARNING: {known_cat.warning()}")
+  store = chunks.Store(out, n, chunk_size)
   opened = False
   # The decoders start first: their start-up overlaps the model's compilation.
   pool = w.DecodePool(os.cpu_count() if workers is None else workers, time_limit)
@@ -121,21 +130,26 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
     run = runner.Runner(m, parallel.make_mesh(jax.local_devices()),
                         min(batch_size, chunk_size), mode, embed=embeddings)
     cli.check()
-    store.open({"inputs_sha256": digest, "n_inputs": len(paths),
+    store.open({"inputs_sha256": digest, "n_inputs": n,
                 "chunk_size": chunk_size, "model": m.identity(), "model_source": m.source,
                 "cascade": list(m.rule["classes"]) if run.mode == "cascade" else None,
                 "embeddings": embedding_manifest(m) if embeddings else None}, main)
     opened = True
+    for i in range(me, store.n_chunks, n_proc):  # each process its own chunks
+      cli.check()  # summing a large scan's chunks takes a while
+      store.verify(i, log)  # a damaged chunk is set aside: scanned again below
     already = store.n_done_inputs()
     todo = [i for i in range(store.n_chunks) if i % n_proc == me and not store.done(i)]
     n_todo = sum(b - a for a, b in map(store.span, todo))
     if main and already:
-      log(f"astrotl.scan: resuming in {out}: {already} of {len(paths)} inputs already done")
+      log(f"astrotl.scan: resuming in {out}: {already} of {n} inputs already done")
     t0 = time.time()
     if todo:
       run.warm_up()
       times["compile"] = time.time() - t0
-      run_chunks(run, pool, store, todo, found, me, progress and main, n_todo)
+      first = run_chunks(run, pool, store, todo, found, me, progress and main, n_todo)
+      if first is not None:
+        times["first_spectrum"] = first - t_start
     seconds = time.time() - t0
     cli.check()
   except BaseException as e:
@@ -161,9 +175,10 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
                                embeddings, anomalies)
     times["merge_and_report"] = time.time() - t1
     summary["wall_seconds"] = time.time() - t_start
-    summary["too_many_missing"] = bool(found.missing > max_missing * len(paths))
-    chunks.write_atomic(store.out / "summary.json",
-                        lambda p: p.write_text(json.dumps(summary, indent=1)))
+    summary["too_many_missing"] = bool(found.missing > max_missing * found.n_inputs)
+    with scan_merge.writing(store.out / "summary.json"):
+      chunks.write_atomic(store.out / "summary.json",
+                          lambda p: p.write_text(json.dumps(summary, indent=1)))
     cli.check()  # a signal during the merge: the outputs are whole, but the user said stop
   except BaseException as e:
     _note_saved(e, store)
@@ -191,33 +206,50 @@ def embedding_manifest(model) -> dict:
   return {"width": model.primary.embedding_width, "dtype": "float16", "reference": ref}
 
 
+def catalog_limits_of(value):
+  """io.limits.Limits from --catalog_limits text (or a Limits, or None for the defaults)."""
+  from astrotl.io import limits as io_limits
+  from astrotl.scan.inputs import InputError
+  if isinstance(value, io_limits.Limits):
+    return value
+  try:
+    return io_limits.Limits.parse(value, flag="--catalog_limits")
+  except ValueError as e:
+    raise InputError(f"--catalog_limits={value}: {e}") from None
+
+
 def prepare(spectra, catalog, root, path_column, allow_outside_root, known, known_ra_column,
-            known_dec_column, radius, model, select, threshold, min_snr, veto):
-  """Every input checked before any work: (inputs, known catalog, model, candidate rule)."""
+            known_dec_column, radius, model, select, threshold, min_snr, veto, *, limits=None,
+            strict_known=False):
+  """Every input checked before any work: (inputs, known catalog, model, candidate rule);
+  `limits` (io.limits.Limits) bounds what the catalogs may hold."""
   from astrotl import bundle
   from astrotl.scan import inputs as scan_inputs
   from astrotl.scan.inputs import InputError
   if spectra and catalog:
     raise InputError("give --spectra or --catalog, not both")
   if catalog:
-    found = scan_inputs.from_catalog(catalog, root, path_column, allow_outside_root,
-                                       keep=(), carry=True)
-    if not found.paths:
-      raise InputError(f"--catalog={catalog}: no row can be scanned ({len(found.refused)} "
-                       f"refused, {len(found.duplicates)} duplicates)")
-    if found.missing == len(found.paths):
-      raise InputError(f"--catalog={catalog}: none of its {found.missing} files exist under "
-                       f"{root or os.path.dirname(os.path.abspath(catalog))} (looked for each "
-                       "listed path, its .fits/.fits.gz twin, and its name anywhere below); "
-                       "check --root")
+    # read in a thread while the known catalog and the model load; checked below
+    found = scan_inputs.open_catalog(catalog, root, path_column, allow_outside_root,
+                                     limits=limits, wait=False)
   else:
     if not spectra:
       from astrotl import data
       spectra = str(data.sample_dir("spectra"))
     found = scan_inputs.from_spectra(spectra)
-  known_cat = (scan_inputs.load_known(known, known_ra_column, known_dec_column, radius)
-               if known else None)
+  known_cat = (scan_inputs.load_known(known, known_ra_column, known_dec_column, radius,
+                                      strict_known, limits) if known else None)
   m = bundle.load_model(model)
+  if catalog:
+    refused, lost = found.probe
+    if found.first is None and refused == found.n_items:  # (then no row is a duplicate)
+      raise InputError(f"--catalog={catalog}: no row can be scanned ({refused} refused, "
+                       "0 duplicates)")
+    if found.first is None:  # every row was looked at to know
+      raise InputError(f"--catalog={catalog}: none of its {lost} files exist under "
+                       f"{root or os.path.dirname(os.path.abspath(catalog))} (looked for each "
+                       "listed path, its .fits/.fits.gz twin, and its name anywhere below); "
+                       "check --root")
   if m.input.get("type", "spectrum") != "spectrum":
     raise bundle.BundleError(f"{m.source}: a {m.input.get('type')} model; the scan runs "
                              "spectrum models (for light curves use "
@@ -230,16 +262,24 @@ def run_chunks(run, pool, store, todo, found, process, progress, n_todo, unit="s
 
   `run.scan_chunk(results, first input, found)` -> (arrow table, [(file, reason)]) makes a
   chunk's rows from the pool's results (the scan's `runner.Runner`; light curves have
-  their own); `unit` names an input in the progress bar.
+  their own); `unit` names an input in the progress bar.  Returns the time the first
+  files came back decoded (None if none did).
   """
   from astrotl.scan import runner
   bar = None
   if progress:
     from tqdm import tqdm
     bar = tqdm(total=n_todo, unit=unit, dynamic_ncols=True, smoothing=0.1, desc="saved")
-  writer = runner.Writer(store, process, lambda i, n: bar.update(n) if bar else None)
-  tasks = runner.chunk_tasks(store, todo, found.paths)
+  # the bar counts a chunk's inputs (a catalog's refused and duplicate rows among them)
+  def saved(i, n):
+    if bar is not None:
+      a, b = store.span(i)
+      bar.update(b - a)
+
+  writer = runner.Writer(store, process, saved)
+  tasks = runner.chunk_tasks(store, todo, found)
   ahead = 4 * max(pool.n, 1)  # tasks queued beyond the one being consumed
+  first = []
 
   def results(i):
     while True:
@@ -248,6 +288,8 @@ def run_chunks(run, pool, store, todo, found, process, progress, n_todo, unit="s
       if not len(pool) or pool.peek() != i:
         return
       key, paths, result = pool.next()
+      if not first:
+        first.append(time.time())
       yield paths, result
 
   # A signal in here stops at the next safe point (cli.check), keeping the queued chunks.
@@ -265,6 +307,7 @@ def run_chunks(run, pool, store, todo, found, process, progress, n_todo, unit="s
       writer.close()
       if bar is not None:
         bar.close()
+  return first[0] if first else None
 
 
 def check_ranges(**values):

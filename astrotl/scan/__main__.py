@@ -37,6 +37,15 @@ def define_flags():
   f.DEFINE_string("known", None, "Catalog (CSV/FITS) of known objects with RA/Dec to match.")
   f.DEFINE_string("known_ra_column", None, "RA column of --known.")
   f.DEFINE_string("known_dec_column", None, "Dec column of --known.")
+  f.DEFINE_bool("strict_known", False, "Refuse a --known catalog with a row whose RA/Dec is "
+                "not decimal degrees (text, NaN, RA outside [0, 360), Dec outside [-90, 90]); "
+                "without it such rows are skipped, counted in summary.json and the report, "
+                "and named in one warning line.")
+  f.DEFINE_string("catalog_limits", None, "Raise what --catalog and --known may hold, e.g. "
+                  "rows=200M,bytes=40G.  Keys and defaults: bytes=16G (text after gunzip; a "
+                  "FITS file's declared size), ratio=100 (gunzip growth past 64 MB), line=1M "
+                  "(bytes a line), rows=50M, columns=10000: LAMOST DR9's catalogue (11.2 M "
+                  "rows, ~4 GB) fits 4x over; a file past one is refused, not read.")
   f.DEFINE_float("radius", 3.0, "Cross-match radius in arcsec.")
   f.DEFINE_string("out", "astrotl-scan", "Output folder.")
   f.DEFINE_integer("batch_size", 256, "Spectra per device step (over the local devices; at "
@@ -77,7 +86,7 @@ def main(argv):
         max_missing=F.max_missing, batch_size=F.batch_size, chunk_size=F.chunk_size,
         workers=F.workers, time_limit=F.time_limit, mode=F.mode, top=F.top,
         explain=F.explain, embeddings=F.embeddings, anomalies=F.anomalies,
-        progress=F.progress)
+        progress=F.progress, catalog_limits=F.catalog_limits, strict_known=F.strict_known)
   except (scan.InputError, scan.OutputError, bundle.BundleError, rules.RuleError,
           FileNotFoundError) as e:
     cli.fail(PROG, str(e))
@@ -99,8 +108,13 @@ def main(argv):
 
 def run():
   import astrotl.scan
-  cli.run(define_flags, main, astrotl.scan.__doc__.split("Data flows")[0].rstrip() + "\n\n"
-          + __doc__)
+  try:
+    cli.run(define_flags, main, astrotl.scan.__doc__.split("Data flows")[0].rstrip() + "\n\n"
+            + __doc__)
+  except SystemExit as e:
+    if e.code in (None, 0):  # done: every output written and closed
+      cli.quick_exit(0)
+    raise
 
 
 if __name__ == "__main__":

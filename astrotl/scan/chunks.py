@@ -1,10 +1,21 @@
 """The output folder of a scan: its lock, its manifest, and the journaled chunks.
 
 The inputs are cut into chunks.  A finished chunk's errors, its embeddings (with
---embeddings: `chunk_NNNNNN.embedding.npy`, float16, one row per row of the table) and
-then its rows are written to `chunks/` with atomic renames; the rows file appearing marks
-the chunk done, and a line in `journal.jsonl` records it.  So a killed scan resumes where
-it stopped and never writes a row (or an embedding) twice or loses one.  `scan.json` (the
+--embeddings: `chunk_NNNNNN.embedding.npy`, float16, one row per row of the table), its
+record (`chunk_NNNNNN.json`: the byte size and sha256 of each of those files and of the
+rows file, and the numbers of rows and errors) and then its rows are written to `chunks/`
+with atomic renames; the rows file appearing marks the chunk done, and a line in
+`journal.jsonl` records it.  So a killed scan resumes where it stopped and never writes a
+row (or an embedding) twice or loses one.  The record goes just before the rows so that
+"done" stays one atomic rename: a kill between the two leaves a record without rows,
+which the chunk's next write replaces.  The sums are taken from the bytes in memory as
+they are written, so they cost no second pass over the disk.
+
+On resume each finished chunk is checked against its record (`Store.verify`); one that
+fails (a truncated or damaged file) is named in one line, moved to `corrupt/` and scanned
+again, and the merge checks the row counts again (`Store.mismatch`).  Chunks written by
+an astrotl from before the records (their scan.json has no "checksums") are checked by
+reading them whole, which finds a truncated file but not every flipped bit.  `scan.json` (the
 manifest) pins the inputs, chunking, model and embeddings, so a re-run into the same
 folder with other inputs is refused instead of mixed in.  A lock file keeps a second scan
 out of a folder that one is writing.
@@ -13,6 +24,7 @@ out of a folder that one is writing.
 import csv
 import fcntl
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -33,8 +45,10 @@ def write_atomic(path: pathlib.Path, write):
   try:
     write(tmp)
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     tmp.unlink(missing_ok=True)
+    if isinstance(e, OSError) and e.filename in (None, str(tmp), tmp):
+      e.filename = str(path)  # a full disk names no file: name the one the user knows
     raise
 
 
@@ -52,7 +66,6 @@ def warm_writes():
   """
   if _WARM:
     return
-  import io
   import pyarrow as pa
   import pyarrow.parquet as pq
   table = pa.table({"file": ["x"], "p": pa.array([0.5], pa.float32()),
@@ -60,8 +73,9 @@ def warm_writes():
   table = table.replace_schema_metadata({b"astrotl": b"{}"})
   pq.write_table(table, pa.BufferOutputStream())
   np.save(io.BytesIO(), np.zeros((1, 2), np.float16))
-  csv.writer(io.StringIO()).writerows([("file", "reason")])
-  _WARM.append(pq)
+  _npy_parts(np.zeros((1, 2), np.float16))
+  _csv_bytes([("x", "y")])  # a text codec is imported on its first use
+  _WARM.append((pa, pq))
 
 
 def auto_chunk_size(n_inputs: int, smallest: int = 64) -> int:
@@ -101,6 +115,8 @@ class Store:
     self.chunk_size = chunk_size
     self.n_chunks = -(-n_inputs // chunk_size)
     self._lock = None
+    self.manifest = {}  # the folder's scan.json, once opened
+    self.legacy = False  # its chunks were written by an astrotl without chunk records
 
   # --- the folder ------------------------------------------------------------------------
 
@@ -117,7 +133,7 @@ class Store:
     if main:
       self._take_lock()
       self._clean_tmp()
-    self._check_manifest(manifest, main)
+    self._check_manifest(dict(manifest, checksums="sha256"), main)
 
   def _take_lock(self):
     path = self.out / ".lock"
@@ -162,7 +178,10 @@ class Store:
               f"delete {self.out} to start over")
         # all keys equal: resume
       else:
+        self.manifest = old
+        self.legacy = "checksums" not in old
         return
+    self.manifest = manifest
     if main:
       write_atomic(path, lambda t: t.write_text(json.dumps(manifest, indent=1)))
 
@@ -190,25 +209,36 @@ class Store:
   def embedding_path(self, i):
     return self.chunks / f"{self.name(i)}.embedding.npy"
 
+  def record_path(self, i):
+    return self.chunks / f"{self.name(i)}.json"
+
+  def files(self, i):
+    """The paths of chunk i's files, its rows (the mark of a finished chunk) first."""
+    return [self.chunks / f"{self.name(i)}.parquet", self.chunks / f"{self.name(i)}.errors.csv",
+            self.embedding_path(i), self.record_path(i)]
+
   def write(self, i, table, errors, process=0, embedding=None):
-    """Errors and embeddings first, then the rows, whose atomic appearance marks the chunk
-    done (so a chunk's embeddings exist exactly when its rows do)."""
+    """Errors, embeddings and the record first, then the rows, whose atomic appearance
+    marks the chunk done (so a chunk's embeddings and record exist exactly when its rows
+    do).  Each file is made in memory, summed there and then written."""
     warm_writes()  # a no-op in the scan's writer thread: the scan ran it before
-    pq = _WARM[0]
-
-    def write_errors(tmp):
-      with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "reason"])
-        w.writerows(errors)
-
+    pa, pq = _WARM[0]
     try:
-      write_atomic(self.chunks / f"{self.name(i)}.errors.csv", write_errors)
+      rows = self.files(i)[0]
+      files = {self.files(i)[1]: [_csv_bytes(errors)]}  # {path: its bytes, in parts}
       if embedding is not None:
         if len(embedding) != table.num_rows:
           raise ValueError(f"chunk {i}: {len(embedding)} embeddings for {table.num_rows} rows")
-        write_atomic(self.embedding_path(i), lambda t: _save_npy(t, embedding))
-      write_atomic(self.chunks / f"{self.name(i)}.parquet", lambda t: pq.write_table(table, t))
+        files[self.embedding_path(i)] = _npy_parts(embedding)
+      sink = pa.BufferOutputStream()
+      pq.write_table(table, sink)
+      files[rows] = [sink.getvalue()]
+      record = {"chunk": i, "rows": table.num_rows, "errors": len(errors),
+                "files": {path.name: _sum(parts) for path, parts in files.items()}}
+      for path, parts in files.items():
+        if path == rows:  # the record just before the rows, whose appearance marks it done
+          write_atomic(self.record_path(i), lambda t: t.write_text(json.dumps(record, indent=1)))
+        write_atomic(path, lambda t: _write_parts(t, parts))
       with open(self.out / "journal.jsonl", "a") as f:
         f.write(json.dumps({"chunk": i, "rows": table.num_rows, "errors": len(errors),
                             "process": process, "time": time.time()}) + "\n")
@@ -220,9 +250,164 @@ class Store:
   def read(self, i):
     """(arrow table, [(file, reason)]) of a finished chunk."""
     import pyarrow.parquet as pq
-    with open(self.chunks / f"{self.name(i)}.errors.csv", newline="") as f:
-      errors = [tuple(r) for r in list(csv.reader(f))[1:]]
-    return pq.read_table(self.chunks / f"{self.name(i)}.parquet"), errors
+    return pq.read_table(self.files(i)[0]), self._errors(i)
+
+  def _errors(self, i):
+    with open(self.files(i)[1], newline="") as f:
+      return [tuple(r) for r in list(csv.reader(f))[1:]]
+
+  # --- checks ----------------------------------------------------------------------------
+
+  def verify(self, i, log=print) -> bool:
+    """Checks finished chunk i against its record (each file's size, then its sha256).  A
+    chunk that fails is named in one line and moved to `corrupt/`, so that it is scanned
+    again.  Returns False for such a chunk, True otherwise (a chunk not finished too)."""
+    if not self.done(i):
+      return True
+    problem = self._damage(i)
+    if problem is None:
+      return True
+    where = self.set_aside(i)
+    log(f"astrotl.scan: WARNING: chunk {i} is damaged ({problem}); moved to {where} and "
+        "scanning it again")
+    return False
+
+  def _record(self, i):
+    """Chunk i's record, or None if it has none; raises ValueError if it is unreadable."""
+    try:
+      text = self.record_path(i).read_text()
+    except FileNotFoundError:
+      return None
+    except OSError as e:
+      raise ValueError(f"{self.record_path(i).name} cannot be read: {e.strerror or e}")
+    try:
+      record = json.loads(text)
+      need = {p.name for p in self.files(i)[:2]}
+      if self.manifest.get("embeddings"):
+        need.add(self.embedding_path(i).name)
+      names = set(record["files"])
+      if not need <= names <= {p.name for p in self.files(i)[:3]}:
+        raise ValueError
+      for name in names:  # each with a size and a sum
+        int(record["files"][name]["bytes"]), str(record["files"][name]["sha256"])
+      int(record["rows"]), int(record["errors"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+      raise ValueError(f"{self.record_path(i).name} is not a chunk record") from None
+    return record
+
+  def _damage(self, i):
+    """What is wrong with finished chunk i's files, or None."""
+    try:
+      record = self._record(i)
+    except ValueError as e:
+      return str(e)
+    if record is None:
+      return self._unreadable(i) if self.legacy else f"{self.record_path(i).name} is missing"
+    for name, want in record["files"].items():
+      path = self.chunks / name
+      try:
+        size = path.stat().st_size
+        if size != want["bytes"]:
+          return f"{name}: {size} bytes, its record says {want['bytes']}"
+        with open(path, "rb") as f:
+          if hashlib.file_digest(f, "sha256").hexdigest() != want["sha256"]:
+            return f"{name}: its sha256 differs from its record"
+      except OSError as e:
+        return f"{name}: {e.strerror or e}"
+    return None
+
+  def _unreadable(self, i):
+    """Why a chunk without a record (from an older astrotl) cannot be read whole, or None:
+    reading finds a truncated file, not every flipped bit."""
+    import pyarrow.parquet as pq
+    parquet, errors, npy = self.files(i)[:3]
+    path = parquet
+    try:
+      rows = pq.read_table(parquet).num_rows
+      path = errors
+      self._errors(i)
+      path = npy
+      if self.manifest.get("embeddings"):
+        n = len(np.load(npy))
+        if n != rows:
+          return f"{npy.name}: {n} embeddings for {rows} rows"
+    except (OSError, ValueError, csv.Error, UnicodeDecodeError) as e:
+      return f"{path.name} cannot be read: {' '.join(str(e).split())[:200]}"
+    return None
+
+  def mismatch(self, i):
+    """None, or how finished chunk i disagrees with its record: its numbers of rows (read
+    from the rows file's footer), errors and embeddings.  The merge's check (`verify` has
+    compared the bytes on resume); nothing to compare for a chunk without a record."""
+    import pyarrow.parquet as pq
+    try:
+      record = self._record(i)
+      if record is None:
+        return None if self.legacy else f"{self.record_path(i).name} is missing"
+      parquet, errors, npy = self.files(i)[:3]
+      got = {parquet.name: pq.read_metadata(parquet).num_rows, errors.name: len(self._errors(i))}
+      want = {parquet.name: record["rows"], errors.name: record["errors"]}
+      if npy.name in record["files"]:
+        got[npy.name] = len(np.load(npy, mmap_mode="r"))
+        want[npy.name] = record["rows"]
+    except (OSError, ValueError, csv.Error, UnicodeDecodeError) as e:
+      return " ".join(str(e).split())[:200]
+    for name, n in got.items():
+      if n != want[name]:
+        return f"{name} has {n} rows, its record says {want[name]}"
+    return None
+
+  def set_aside(self, i):
+    """Moves chunk i's files into `corrupt/`, its rows first (from then on the chunk is
+    not finished, whatever happens next), and returns that folder."""
+    dest = self.out / "corrupt"
+    try:
+      dest.mkdir(exist_ok=True)
+      for path in self.files(i):
+        if path.exists():
+          target, k = dest / path.name, 1
+          while target.exists():  # damaged before: keep both
+            target, k = dest / f"{path.name}.{k}", k + 1
+          os.replace(path, target)
+    except OSError as e:
+      raise OutputError(f"--out={self.out}: cannot move damaged chunk {i} to {dest} "
+                        f"({e.strerror or e}); delete {self.files(i)[0]} and re-run") from None
+    return dest
+
+
+def _csv_bytes(errors) -> bytes:
+  """The errors file: as open(path, "w", newline="") would write it."""
+  buf = io.TextIOWrapper(io.BytesIO(), newline="")
+  w = csv.writer(buf)
+  w.writerow(["file", "reason"])
+  w.writerows(errors)
+  buf.flush()
+  return buf.buffer.getvalue()
+
+
+def _npy_parts(array):
+  """The bytes np.save writes for `array` as float16: its header and, without a copy, its
+  data."""
+  a = np.ascontiguousarray(array, np.float16)
+  head = io.BytesIO()
+  np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
+  return [head.getvalue(), a.reshape(-1).view(np.uint8)]
+
+
+def _sum(parts) -> dict:
+  """Size and sha256 of a file's bytes, from memory (re-reading them would be a second
+  pass over the disk)."""
+  h, size = hashlib.sha256(), 0
+  for part in parts:
+    h.update(part)
+    size += memoryview(part).nbytes
+  return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def _write_parts(path, parts):
+  with open(path, "wb") as f:
+    for part in parts:
+      f.write(part)
 
 
 def _save_npy(path, array):

@@ -7,6 +7,10 @@ match), candidates.fits and candidates.vot (the candidates, sorted by score), er
 embeddings stay in the chunks (`astrotl.similar` reads them there).  Memory holds one
 chunk, the candidates, the best and most anomalous rows and one score per spectrum.
 
+Before reading, each chunk's numbers of rows, errors and embeddings are checked against
+its record (`check_chunks`).  An OSError while writing an output (a full disk) is one
+line naming the file (`writing`): the chunks are kept, so a re-run only merges again.
+
 Nulls, as each reader sees them: Parquet has arrow nulls, and beside every integer, text
 or boolean column that can be null a `<name>.mask` column that astropy's Parquet reader
 needs to give a masked column (it ignores arrow nulls: integers would come back as float
@@ -16,6 +20,7 @@ Every output's column types come from the schema, never from the values, so an e
 table has the same types as a full one.
 """
 
+import contextlib
 import csv
 import json
 import os
@@ -24,7 +29,7 @@ import numpy as np
 
 from astrotl import rules
 from astrotl.scan import tables
-from astrotl.scan.chunks import write_atomic
+from astrotl.scan.chunks import OutputError, write_atomic
 
 
 def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, explain=False,
@@ -37,6 +42,7 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
   if missing:
     raise RuntimeError(f"{out}: chunks {missing[:10]} are not finished; re-run the same "
                        "command to finish them")
+  check_chunks(store)
   score = rule["score"] if rule else None
   lengths = string_lengths(store)
   writer, errors, scores, eligible, cands, best = None, [], [], [], [], None
@@ -50,14 +56,18 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
   try:
     for i in range(store.n_chunks):
       t, errs = store.read(i)
+      if inputs is not None:
+        t = inputs.tally(i, t)  # what a catalog's chunk left out, for the summary
       errors += errs
       t = _add_columns(t, model, rule, known)
       if writer is None:
         schema = t.schema
         info = column_info(model, inputs, known, schema.names)
         masked = mask_columns(schema, inputs)
-        writer = pq.ParquetWriter(tmp, schema_with_meta(schema, info, lengths, masked))
-      writer.write_table(with_masks(t.cast(schema), masked).cast(writer.schema))
+        with writing(out / "predictions.parquet"):
+          writer = pq.ParquetWriter(tmp, schema_with_meta(schema, info, lengths, masked))
+      with writing(out / "predictions.parquet"):
+        writer.write_table(with_masks(t.cast(schema), masked).cast(writer.schema))
       if class_col:
         for c, n in zip(*np.unique(t[class_col].to_numpy(zero_copy_only=False).astype(str),
                                    return_counts=True)):
@@ -76,11 +86,13 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
       if scored:
         odd = _most_anomalous(odd, t, max(top, anomalies))
     if writer is not None:
-      writer.close()
-      os.replace(tmp, out / "predictions.parquet")
+      with writing(out / "predictions.parquet"):
+        writer.close()
+        os.replace(tmp, out / "predictions.parquet")
   finally:
     tmp.unlink(missing_ok=True)
-  write_atomic(out / "errors.csv", lambda p: write_csv(p, ["file", "reason"], errors))
+  with writing(out / "errors.csv"):
+    write_atomic(out / "errors.csv", lambda p: write_csv(p, ["file", "reason"], errors))
   cand = pa.concat_tables(cands) if cands else None
   if cand is not None and cand.num_rows:
     order = np.argsort(-np.nan_to_num(_numpy(cand[score]).astype(float), nan=-np.inf),
@@ -99,13 +111,44 @@ def merge(store, model, rule, known=None, top=12, run_stats=None, inputs=None, e
   written = min(anomalies, odd.num_rows) if anomalies and odd is not None else 0
   summary.update(embeddings=bool(embeddings), n_anomalies_written=written,
                  anomaly_reference=model.meta.get("reference") if embeddings else None)
-  write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+  with writing(out / "summary.json"):
+    write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
   from astrotl.scan import report
-  report.write(out, summary, model, rule,
-               np.concatenate(scores) if scores else np.zeros(0, np.float32),
-               np.concatenate(eligible) if eligible else np.zeros(0, bool), best, cand, explain,
-               odd.slice(0, top) if odd is not None else None)
+  with writing(out / "report.md"):  # or one of its plots: write_atomic names which
+    report.write(out, summary, model, rule,
+                 np.concatenate(scores) if scores else np.zeros(0, np.float32),
+                 np.concatenate(eligible) if eligible else np.zeros(0, bool), best, cand,
+                 explain, odd.slice(0, top) if odd is not None else None)
   return summary
+
+
+@contextlib.contextmanager
+def writing(path):
+  """An OSError (a full disk, most often) while writing an output of the merge: one line
+  naming the file (the one write_atomic names, else `path`) and what to do."""
+  try:
+    yield
+  except OSError as e:
+    name = e.filename if isinstance(e.filename, str) else path
+    why = " ".join(str(e.strerror or e).split())
+    raise OutputError(f"{name}: cannot write ({why}); free space or fix permissions, then "
+                      "re-run the same command: the finished chunks are kept, so only the "
+                      "merge runs again") from None
+
+
+def check_chunks(store):
+  """Every chunk's numbers of rows, errors and embeddings against its record; chunks that
+  disagree are moved aside (`Store.set_aside`) and an OutputError says to re-run, which
+  scans them again."""
+  bad = {i: why for i in range(store.n_chunks) if (why := store.mismatch(i))}
+  if not bad:
+    return
+  for i in bad:
+    where = store.set_aside(i)
+  i = min(bad)
+  raise OutputError(f"{store.out}: {len(bad)} chunk(s) {sorted(bad)[:10]} disagree with "
+                    f"their records (chunk {i}: {bad[i]}); moved to {where}: re-run the same "
+                    "command to scan them again")
 
 
 def _numpy(column):
@@ -163,7 +206,7 @@ def mask_columns(schema, inputs=None) -> tuple:
     if f.name in NOT_NULL or not (pa.types.is_integer(t) or pa.types.is_string(t) or
                                   pa.types.is_large_string(t) or pa.types.is_boolean(t)):
       continue
-    if f.name in carried and not inputs.carry.column(carried[f.name][0]).null_count:
+    if f.name in carried and not inputs.has_nulls(carried[f.name][0]):
       continue  # the catalog has no null there
     out.append(f.name)
   return tuple(out)
@@ -271,7 +314,8 @@ def write_catalog(out, stem, cand, model, inputs, rule, known):
   if known is not None:
     about["RADIUS"] = known.radius
   t.meta = dict(about)
-  write_atomic(out / f"{stem}.fits", lambda p: write_fits(p, t))
+  with writing(out / f"{stem}.fits"):
+    write_atomic(out / f"{stem}.fits", lambda p: write_fits(p, t))
   vot = from_table(t)
   table = vot.get_first_table()
   info = column_info(model, inputs, known, t.colnames)
@@ -286,7 +330,8 @@ def write_catalog(out, stem, cand, model, inputs, rule, known):
       field.converter = converters.get_converter(field)
   for k, v in about.items():
     table.infos.append(Info(name=k, value=str(v)))
-  write_atomic(out / f"{stem}.vot", lambda p: vot.to_xml(str(p)))
+  with writing(out / f"{stem}.vot"):
+    write_atomic(out / f"{stem}.vot", lambda p: vot.to_xml(str(p)))
 
 
 def write_fits(path, t):
@@ -353,7 +398,8 @@ def _summary(store, model, rule, known, inputs, run_stats, n_scanned, n_errors, 
              classes):
   about = model.meta.get("about") or {}
   summary = {
-      "n_inputs": store.n_inputs, "n_scanned": n_scanned, "n_errors": n_errors,
+      "n_inputs": inputs.n_inputs if inputs is not None else store.n_inputs,
+      "n_scanned": n_scanned, "n_errors": n_errors,
       "n_candidates": n_cand,
       "rule": rules.describe(rule), "rule_spec": rule,
       "model": model.name, "model_source": model.source, "classes": model.classes,
@@ -363,10 +409,13 @@ def _summary(store, model, rule, known, inputs, run_stats, n_scanned, n_errors, 
       "radius_arcsec": known.radius if known is not None else None,
       "n_known_candidates": (int(np.sum(np.asarray(cand["known"])))
                              if known is not None and n_cand else 0),
+      # rows of --known without a usable RA/Dec: skipped, never matched
+      "known_rows": known.n_rows if known is not None else None,
+      "known_rows_skipped": known.skipped if known is not None else None,
   }
   if inputs is not None:
-    summary.update(source=inputs.source, n_duplicate_rows=len(inputs.duplicates),
-                   n_refused_rows=len(inputs.refused), n_missing_files=inputs.missing)
+    summary.update(source=inputs.source, n_duplicate_rows=inputs.n_duplicates,
+                   n_refused_rows=inputs.n_refused, n_missing_files=inputs.missing)
   fp = about.get("false_positive_rate")
   if fp and rule == model.rule:
     # "median" (Monte Carlo median); bundles before 2026-12 wrote a plug-in "value"

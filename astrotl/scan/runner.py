@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from astrotl import cli, parallel, rules
-from astrotl.inference import DEVICE_KEYS
+from astrotl.inference import DEVICE_KEYS, compile_fn
 from astrotl.scan import chunks, tables, workers
 
 # Device batches queued at once.  Two keep the device busy while the host gathers the
@@ -34,6 +34,25 @@ IN_FLIGHT = 2
 # watchdog of astrotl.cli ends the process GRACE s after the signal in any case).
 WRITE_GRACE = 1.5
 POLL = 0.1  # seconds between checks of the stop signal in the writer's waits
+
+
+# Loaded by `preload`: the merge's and the report's writers (astropy's tables, FITS and
+# VOTable; matplotlib's figure and Agg canvas), besides what the chunk writer uses.
+PRELOAD = ("astropy.table", "astropy.io.fits", "astropy.io.votable", "matplotlib.figure",
+           "matplotlib.backends.backend_agg")
+
+
+def preload():
+  """Imports what the scan uses after its device functions are compiled: the chunk
+  writer's pyarrow (which loads pandas on its first table) and PRELOAD.  Only a head
+  start: any failure is left to the code that needs the module."""
+  import importlib
+  try:
+    chunks.warm_writes()
+    for name in PRELOAD:
+      importlib.import_module(name)
+  except Exception:  # pylint: disable=broad-except
+    pass
 
 
 class Runner:
@@ -58,13 +77,26 @@ class Runner:
     self.wait_device = 0.0
 
   def warm_up(self):
-    """Compiles the device functions now (while the decoders start)."""
-    import jax
+    """Compiles the device functions now (while the decoders start), without running
+    them: on a CPU a dummy batch costs as much as a real one.  Meanwhile a thread loads
+    what the chunk writer, the merge and the report use (`preload`): XLA compiles
+    without holding the GIL."""
     from astrotl.io import batch as io_batch
-    raw, _ = parallel.pad_rows(io_batch.empty(), self.batch_size)
-    for fn, v in zip(self.fns, self.variables):
-      cli.check()  # compiling cannot be interrupted; between functions it can
-      jax.block_until_ready(self._dispatch(fn, v, raw, 0)[0])
+    loader = threading.Thread(target=preload, daemon=True, name="astrotl-preload")
+    loader.start()
+    try:
+      raw, _ = parallel.pad_rows(io_batch.empty(), self.batch_size)
+      arrays = parallel.shard_batch({k: raw[k] for k in DEVICE_KEYS}, self.mesh,
+                                    self.batch_size)
+      for fn, v in zip(self.fns, self.variables):
+        cli.check()  # compiling cannot be interrupted; between functions it can
+        compile_fn(fn, v, *(arrays[k] for k in DEVICE_KEYS))
+    finally:
+      # Joined here (the imports take a second or two): afterwards the main thread may
+      # import these packages itself (a FITS catalog, a fallback reader), and two threads
+      # importing one package can each get the other's half-made modules; and a thread
+      # still importing when the process exits can crash it.
+      loader.join()
 
   def _dispatch(self, fn, variables, raw, n):
     """(device outputs, n, the host's S/N): the batch runs while the host goes on."""
@@ -300,9 +332,10 @@ class Writer:
       raise self._error
 
 
-def chunk_tasks(store, chunk_ids, paths):
-  """(chunk, files) decode tasks of the chunks, in order."""
+def chunk_tasks(store, chunk_ids, inputs):
+  """(chunk, files) decode tasks of the chunks, in order; `inputs.chunk_files(a, b)` are
+  the files of inputs [a, b) (a catalog resolves its rows then)."""
   for i in chunk_ids:
-    a, b = store.span(i)
-    for s in range(a, b, workers.TASK):
-      yield i, paths[s:min(s + workers.TASK, b)]
+    files = inputs.chunk_files(*store.span(i))
+    for s in range(0, len(files), workers.TASK):
+      yield i, files[s:s + workers.TASK]

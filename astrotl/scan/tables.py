@@ -100,7 +100,7 @@ def chunk_table(model, files, metas, outs, inputs=None, first=0, embeddings=Fals
   if inputs is not None and inputs.carried():
     # Arrow columns taken as they are: their types come from the catalog, never from
     # which rows a chunk holds, so every chunk (and an empty one) has one schema.
-    part = inputs.carry.take(inputs.catalog_rows(files, first))
+    part = inputs.carried_rows(files, first)
     for name, (i, _) in inputs.carried().items():
       cols[name] = part.column(i).combine_chunks()
   out_cols = model.outputs_to_columns(outs) if files else {}
@@ -112,4 +112,9 @@ def chunk_table(model, files, metas, outs, inputs=None, first=0, embeddings=Fals
     score = outs.get("anomaly") if files else None
     cols["anomaly"] = to_arrow(np.full(len(files), np.nan, np.float32) if score is None
                              else np.asarray(score, np.float32))
-  return pa.table(cols)
+  note = inputs.chunk_note(first) if inputs is not None else None
+  if note is None:
+    return pa.table(cols)
+  import json
+  from astrotl.scan.inputs import NOTE  # the catalog rows the chunk left out, for the merge
+  return pa.table(cols).replace_schema_metadata({NOTE: json.dumps(note).encode()})
