@@ -127,6 +127,7 @@ def table(model, names, outs, metas, errors):
   t["snr"].description = "median flux * sqrt(ivar) over 4000-5500 A"
   for k, (desc, unit) in model.columns().items():
     t[k].description = desc
+    t[k].unit = unit or None
   if model.rule and len(t):
     survey = [(m or {}).get("class") or "" for m in metas]
     t["candidate"] = rules.select(model.rule, {**cols, "survey_class": np.asarray(survey)})
@@ -168,12 +169,13 @@ def _bind_second(fn, second, first, *rest):
   return fn(first, second, *rest)
 
 
-def compile_fn(fn, variables, *arrays):
-  """Compiles a `make_fn` function for these arguments without running it: the first
-  call with arguments of the same shapes and shardings then reuses the trace, the
-  lowering and the executable (a run of a dummy batch would cost as much as a real one)."""
+def lower_fn(fn, variables, *arrays):
+  """A `make_fn` function traced and lowered for these arguments, not run: its
+  `.compile()` (XLA, or the persistent cache) is then reused by the first call with
+  arguments of the same shapes and shardings, trace and lowering included (a run of a
+  dummy batch would cost as much as a real one)."""
   jitted, reference = fn.args
-  jitted.lower(variables, reference, *arrays).compile()
+  return jitted.lower(variables, reference, *arrays)
 
 
 def spectrum_inputs(inputs):

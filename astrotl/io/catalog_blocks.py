@@ -3,7 +3,8 @@ catalogue: 11.2 M rows, ~40 columns) never sits in memory whole.
 
 `Blocks(path)` reads a CSV (plain or gzipped; ',', '|' or tab separated) or FITS (.fits,
 .fits.gz) catalog front to back as arrow tables of consecutive rows, with the columns,
-names, types and nulls `catalog.read_arrow` gives for the whole file.  `survey()` reads
+names, types and nulls `catalog.read_arrow` gives for the whole file; `columns=` reads
+some of them (a CSV's others are parsed but never converted: a few times faster).  `survey()` reads
 it once and learns what a whole-file reader knows only at the end: the number of rows,
 each column's type and which columns hold a null.  pyarrow infers a CSV column's type
 from the first block; when a later block does not fit ('3.5' in a column of integers,
@@ -28,41 +29,41 @@ from astrotl.io.catalog import CatalogError
 BLOCK_BYTES = 1 << 20   # CSV text parsed at a time (pyarrow's default block)
 BLOCK_ROWS = 65536      # FITS rows converted at a time: astropy costs ~0.2 s a block; a DR9
                         # row is ~300 bytes
-_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error")
+_CONVERSION = re.compile(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error")
 
 
 class Blocks:
   """A catalog's rows, a block at a time (see the module docstring)."""
 
-  def __init__(self, path, limits=None, block_bytes=BLOCK_BYTES, block_rows=BLOCK_ROWS):
+  def __init__(self, path, limits=None, block_bytes=BLOCK_BYTES, block_rows=BLOCK_ROWS,
+               columns=None):
     name = os.fspath(path).lower()
     if name.endswith(io_catalog._FITS_SUFFIXES):
-      self._src = _Fits(path, limits, block_rows)
+      self._src = _Fits(path, limits, block_rows, columns)
     elif name.endswith(io_catalog._TEXT_SUFFIXES):
-      self._src = _Csv(path, limits, block_bytes)
+      self._src = _Csv(path, limits, block_bytes, columns)
     else:
       raise CatalogError(path, f"not a catalog: expected one of "
                          f"{', '.join(io_catalog.SUFFIXES)}")
     self.path = path
-    self.names = self._src.names  # as the file names them
-    self.n_rows = None            # these three once surveyed
-    self.nulls = None             # per column: whether it holds a null
+    self.names = self._src.names      # of every column, as the file names them
+    self.columns = self._src.columns  # the indices of those read, in the tables' order
+    self.n_rows = None                # these three once surveyed
+    self.nulls = None                 # per column read: whether it holds a null
     self.schema = None
     self._it = self._block = None
 
-  def survey(self, each=None, columns=None):
-    """Reads every block once, calling each(first row, table of `columns`: indices,
-    default all) in order; a first row of 0 after others means the survey started over
-    (a CSV column's type changed)."""
-    columns = range(len(self.names)) if columns is None else list(columns)
+  def survey(self, each=None):
+    """Reads every block once, calling each(first row, table) in order; a first row of 0
+    after others means the survey started over (a CSV column's type changed)."""
     while True:
-      n, nulls = 0, [False] * len(self.names)
+      n, nulls = 0, [False] * len(self.columns)
       try:
         for first, t in self._src.blocks(0, raw=True):
           n += t.num_rows
           nulls = [a or b for a, b in zip(nulls, self._src.nulls(t))]
           if each is not None:
-            each(first, self._src.finish(t, columns))
+            each(first, self._src.finish(t))
         break
       except _Retype:
         continue
@@ -98,7 +99,7 @@ class _Retype(Exception):
 
 
 class _Csv:
-  def __init__(self, path, limits, block_bytes):
+  def __init__(self, path, limits, block_bytes, columns):
     import pyarrow as pa
     import pyarrow.csv as pacsv
     self.path, self.limits, self.block_bytes = path, limits, block_bytes
@@ -114,6 +115,7 @@ class _Csv:
     # Read under names of their own, so that types apply to one column each even when
     # the file repeats a name or leaves one empty.
     self.ids = [f"c{i}" for i in range(len(self.names))]
+    self.columns = list(range(len(self.names)) if columns is None else columns)
     self.types = {}      # id -> type: the ones inferred over the whole file
     self.schema = None   # of the last pass that ended
 
@@ -121,10 +123,9 @@ class _Csv:
     import pyarrow.csv as pacsv
     return pacsv.ParseOptions(delimiter=self.delimiter)
 
-  def _read_options(self, block_bytes=None):
+  def _read_options(self):
     import pyarrow.csv as pacsv
-    return pacsv.ReadOptions(column_names=self.ids, skip_rows=1,
-                             block_size=block_bytes or self.block_bytes)
+    return pacsv.ReadOptions(column_names=self.ids, skip_rows=1, block_size=self.block_bytes)
 
   def blocks(self, start, raw=False):
     """(first row, table) of the blocks from row `start` on: read_arrow's columns, or
@@ -134,9 +135,10 @@ class _Csv:
     first = 0
     with io_limits.open_text(self.path, self.limits) as f:
       try:
+        convert = pacsv.ConvertOptions(column_types=self.types,
+                                       include_columns=[self.ids[i] for i in self.columns])
         reader = pacsv.open_csv(f, read_options=self._read_options(),
-                                parse_options=self._parse(),
-                                convert_options=pacsv.ConvertOptions(column_types=self.types))
+                                parse_options=self._parse(), convert_options=convert)
         self.schema = reader.schema
         for batch in reader:
           n = batch.num_rows
@@ -163,10 +165,9 @@ class _Csv:
         raise CatalogError(self.path, f"cannot parse catalog: {e}") from None
     self.types[self.ids[k]] = t.schema.field(0).type
 
-  def finish(self, t, columns=None):
-    """read_arrow's columns (indices, default all) of a raw block."""
-    columns = range(len(self.names)) if columns is None else columns
-    return io_catalog.arrow_columns(t.select(list(columns)), [self.names[i] for i in columns])
+  def finish(self, t):
+    """read_arrow's columns of a raw block."""
+    return io_catalog.arrow_columns(t, [self.names[i] for i in self.columns])
 
   @staticmethod
   def nulls(t):
@@ -183,9 +184,10 @@ class _Csv:
 
 
 class _Fits:
-  def __init__(self, path, limits, block_rows):
+  def __init__(self, path, limits, block_rows, columns):
     from astropy.io import fits
     self.path, self.limits, self.block_rows = path, limits, block_rows
+    self.columns = None  # all, until the names are known
     try:
       io_limits.check_fits(path, limits)  # the sizes its headers declare, before reading
       with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
@@ -200,6 +202,7 @@ class _Fits:
       self.row_bytes, self.n = int(self.header["NAXIS1"]), int(self.header["NAXIS2"])
       self.heap = int(self.header.get("PCOUNT", 0)) > 0  # variable-length arrays
       self.names = self._table(b"", 0).column_names
+      self.columns = list(range(len(self.names)) if columns is None else columns)
     except io_catalog.SpectrumError:
       raise
     except Exception as e:  # astropy raises many exception types for damaged files
@@ -207,8 +210,7 @@ class _Fits:
 
   def blocks(self, start, raw=False):  # (a FITS block is read_arrow's as it comes)
     if self.heap:  # rows point into the heap after the table: read the table whole
-      t = io_catalog.read_arrow(self.path, self.limits)
-      yield 0, t
+      yield 0, io_catalog.read_arrow(self.path, self.limits).select(self.columns)
       return
     start = min(start, self.n)
     with io_limits.Bounded(self.path, self.limits, text=False) as f:
@@ -220,7 +222,8 @@ class _Fits:
         row += k
 
   def _table(self, raw, k):
-    """read_arrow's columns of k rows' bytes: a FITS file of their own, through astropy."""
+    """read_arrow's columns (those read) of k rows' bytes: a FITS file of their own,
+    through astropy (which converts every column: a FITS block costs what it costs)."""
     from astropy.io import fits
     header = self.header.copy()
     header["NAXIS2"] = k
@@ -229,14 +232,15 @@ class _Fits:
             + (b" " if self.ascii else b"\0") * pad)
     try:
       with fits.open(io.BytesIO(data), memmap=False) as hdul:
-        return io_catalog.hdu_arrow(hdul[1])
+        t = io_catalog.hdu_arrow(hdul[1])
     except Exception as e:
       raise CatalogError(self.path, f"cannot read FITS catalog ({type(e).__name__}: {e})") \
           from None
+    return t if self.columns is None else t.select(self.columns)
 
   @staticmethod
-  def finish(t, columns):
-    return t.select(list(columns))
+  def finish(t):
+    return t
 
   @staticmethod
   def nulls(t):

@@ -146,11 +146,14 @@ def scan(spectra=None, catalog=None, root=None, out="astrotl-scan", model=None, 
     t0 = time.time()
     if todo:
       run.warm_up()
-      times["compile"] = time.time() - t0
+      # its wait for the imports of the merge (runner.Preload) is neither compiling nor
+      # scanning
+      times["compile"] = time.time() - t0 - run.preload_wait
+      times["preload"] = run.preload_wait
       first = run_chunks(run, pool, store, todo, found, me, progress and main, n_todo)
       if first is not None:
         times["first_spectrum"] = first - t_start
-    seconds = time.time() - t0
+    seconds = time.time() - t0 - run.preload_wait
     cli.check()
   except BaseException as e:
     _note_saved(e, store if opened else None)

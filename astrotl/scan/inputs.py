@@ -247,29 +247,32 @@ class Catalog:
   """A catalog's files for the scan, resolved a chunk at a time, so that its memory does
   not grow with the catalog (LAMOST DR9's has 11.2 M rows).
 
-  Opening reads the catalog once, in blocks (`io.catalog_blocks`): the number of rows,
-  each column's type and which hold nulls, a sha256 of every row's path as listed (the
-  scan's manifest pins it, as it pinned the paths), and the rows that list a file an
-  earlier row listed.  Those are found from a hash of each row's file name (8 bytes a
-  row, while opening only, computed a block at a time by arrow): two rows can only name
-  one file if their names match up to '.gz' (a file found by its twin or by name has
-  that name), so only rows whose names collide are resolved, in one more pass over the
-  catalog.  Opening also resolves rows from the first until one's file exists (`first`),
-  so that a wrong --root fails before any work.  The reading runs in a thread of its own,
-  started by the constructor; what it finds (`n_items`, `digest`, `first`, `probe`,
-  `dups`) waits for it (`wait`).
+  Opening reads the catalog's path columns once, in blocks (`io.catalog_blocks`; a CSV's
+  other columns are parsed, not converted): the number of rows, a sha256 of every row's
+  path as listed (the scan's manifest pins it, as it pinned the paths), and the rows that
+  list a file an earlier row listed.  Those are found from a hash of each row's file name
+  (8 bytes a row, while opening only, computed a block at a time by arrow): two rows can
+  only name one file if their names match up to '.gz' (a file found by its twin or by
+  name has that name), so only rows whose names collide are resolved, in one more pass.
+  Opening also resolves rows from the first until one's file exists (`first`), so that a
+  wrong --root fails before any work.  Then every column is read once more, for the
+  types and nulls of the columns the outputs carry.  All this runs in a thread of its
+  own, started by the constructor: `wait` waits for the path columns' part (`n_items`,
+  `digest`, `first`, `probe`, `dups`), wait(everything=True) for the rest, which is first
+  needed by a chunk's table, after its spectra are decoded.
 
   The scan's chunks are ranges of catalog rows, so each is a fixed function of the
   catalog and the disk (resume and --distributed stay exact).  `chunk_files(a, b)` reads
-  rows [a, b) and resolves them when the chunk's first task is decoded; their catalog
-  columns wait for the chunk's table (`carried_rows`).  What a chunk refused, skipped as
-  a duplicate or did not find rides in its table's metadata (`chunk_note`) and the merge
-  adds it up (`tally`): the summary's counts are those of from_catalog.
+  rows [a, b)'s paths and resolves them when the chunk's first task is decoded;
+  `carried_rows` reads the rows' every column when the chunk's table is made.  What a
+  chunk refused, skipped as a duplicate or did not find rides in its table's metadata
+  (`chunk_note`) and the merge adds it up (`tally`): the summary's counts are those of
+  from_catalog.
   """
 
   def __init__(self, path, root, path_column, allow_outside_root, suffixes, limits=None):
     self.source = str(path)
-    self.blocks = catalog_blocks.Blocks(path, limits)
+    self.blocks = catalog_blocks.Blocks(path, limits)  # every column: what is carried
     names = {}
     for i, name in enumerate(self.blocks.names):  # read_table's keys: first of each
       key = io_catalog.column_name(name)
@@ -277,12 +280,14 @@ class Catalog:
         names[key] = i
     self.columns = io_catalog.path_columns(path, names, path_column)
     self.index = [names[c] for c in self.columns]
+    self.listing = catalog_blocks.Blocks(path, limits, columns=self.index)  # the paths'
     if root is not None and not os.path.isdir(root):
       raise InputError(f"--root={root}: no such folder")
     self.resolve = _Resolver(path, root, allow_outside_root, suffixes)
-    self._pending = {}  # chunk's first row -> (its rows, {file: row in them}, its note)
+    self._pending = {}  # chunk's first row -> (its last row, {file: row in it}, its note)
     self._notes = {}    # chunk -> note, as the merge reads them
-    self._read, self._error, self._done = {}, None, threading.Event()
+    self._read, self._error = {}, None
+    self._ready, self._done = threading.Event(), threading.Event()
     import pyarrow.compute  # noqa: F401 (imported here, not in the thread)
     threading.Thread(target=self._open, args=(root is not None, allow_outside_root, suffixes),
                      daemon=True, name="astrotl-catalog").start()
@@ -292,31 +297,36 @@ class Catalog:
     try:
       keys, listed = [], [hashlib.sha256()]  # the rows' paths, as listed
       self._first, self._probe = None, [0, 0]  # probe: rows refused, rows not found
-      self.blocks.survey(lambda first, t: self._survey(first, t, keys, listed), self.index)
+      self.listing.survey(lambda first, t: self._survey(first, t, keys, listed))
       dups = self._duplicates(np.concatenate(keys) if keys else np.zeros(0, np.int64))
       keys.clear()
       import pyarrow as pa
       pa.default_memory_pool().release_unused()  # the survey's blocks: RSS is what counts
       digest = hashlib.sha256(json.dumps(
-          ["astrotl.scan.inputs.Catalog 1", self.blocks.n_rows, self.blocks.names,
+          ["astrotl.scan.inputs.Catalog 1", self.listing.n_rows, self.blocks.names,
            self.columns, self.resolve.base, root_given, bool(allow_outside_root),
            list(suffixes), listed[0].hexdigest()]).encode()).hexdigest()
-      self._read = {"n_items": self.blocks.n_rows, "digest": digest, "dups": dups,
+      self._read = {"n_items": self.listing.n_rows, "digest": digest, "dups": dups,
                     "first": self._first, "probe": self._probe}
+      self._ready.set()
+      self.blocks.survey()
+      pa.default_memory_pool().release_unused()
     except BaseException as e:  # raised by wait(), in the caller's thread
       self._error = e
     finally:
+      self._ready.set()
       self._done.set()
 
-  def wait(self) -> "Catalog":
-    """Waits until the catalog is read (a stop signal ends the wait: astrotl.cli.check);
-    its errors are InputErrors."""
+  def wait(self, everything=False) -> "Catalog":
+    """Waits until the path columns are read, or with `everything` every column (a stop
+    signal ends the wait: astrotl.cli.check); errors are InputErrors."""
     from astrotl import cli
-    while not self._done.wait(0.1):
+    event = self._done if everything else self._ready
+    while not event.wait(0.1):
       cli.check()
-    if isinstance(self._error, io_catalog.CatalogError):
-      raise InputError(str(self._error)) from None
-    if self._error is not None:
+    if self._error is not None and (everything or not self._read):
+      if isinstance(self._error, io_catalog.CatalogError):
+        raise InputError(str(self._error)) from None
       raise self._error
     return self
 
@@ -381,11 +391,10 @@ class Catalog:
     del order, ranked, same
     first, dups = {}, []
     if rows.size:
-      with contextlib.closing(self.blocks.blocks(int(rows[0]))) as blocks:
+      with contextlib.closing(self.listing.blocks(int(rows[0]))) as blocks:
         for start, t in blocks:
           lo, hi = np.searchsorted(rows, [start, start + t.num_rows])
-          pick = t.select(self.index).take(rows[lo:hi] - start)
-          for row, r in zip(rows[lo:hi], self._listed(pick)):
+          for row, r in zip(rows[lo:hi], self._listed(t.take(rows[lo:hi] - start))):
             found, why, _ = self.resolve(r)
             if why is None:
               if found in first:
@@ -405,17 +414,17 @@ class Catalog:
     return self._carried
 
   def has_nulls(self, index) -> bool:
-    return self.wait().blocks.nulls[index]
+    return self.wait(everything=True).blocks.nulls[index]
 
   def chunk_files(self, a, b) -> list:
     """The files of catalog rows [a, b), in order: those not refused and not listed
-    before; its rows and what it left out are kept for the chunk's table."""
-    t = self.wait().blocks.rows(a, b)  # (never while the thread reads)
+    before; which row each is and what the chunk left out are kept for its table."""
+    t = self.wait().listing.rows(a, b)  # (never while the thread reads it)
     dups = set((self.dups[np.searchsorted(self.dups, a):np.searchsorted(self.dups, b)]
                 - a).tolist())
     files, at, seen = [], [], set()
     note = {"rows": b - a, "refused": 0, "duplicates": 0, "missing": 0}
-    for k, r in enumerate(self._listed(t.select(self.index))):
+    for k, r in enumerate(self._listed(t)):
       found, why, lost = self.resolve(r)
       if why:
         note["refused"] += 1
@@ -427,13 +436,15 @@ class Catalog:
       seen.add(found)
       files.append(found)
       at.append(k)
-    self._pending[a] = (t, dict(zip(files, at)), note)
+    self._pending[a] = (b, dict(zip(files, at)), note)
     return files
 
   def carried_rows(self, files, first):
-    """The catalog columns of `files` (some of chunk_files(first, ...)), in order."""
+    """The catalog columns of `files` (some of chunk_files(first, ...)), in order: the
+    chunk's rows read now (chunks come in order, so the reading goes forward)."""
     import pyarrow as pa
-    t, at, _ = self._pending[first]
+    b, at, _ = self._pending[first]
+    t = self.wait(everything=True).blocks.rows(first, b)
     return t.take(pa.array([at[f] for f in files], pa.int64()))
 
   def chunk_note(self, first) -> dict:

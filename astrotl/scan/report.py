@@ -104,11 +104,13 @@ def top_spectra(out, best, model, rule):
 
 
 def plot_spectra(path, rows, model, title):
-  """The spectra of `rows` (an arrow table of predictions), as the network saw them, each
-  titled with its file, model class, survey class and title(columns, k)."""
+  """The spectra of `rows` (an arrow table of predictions), as the network saw them
+  (`host_inputs`), each titled with its file, model class, survey class and title(columns,
+  k)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.lines import Line2D
   from astrotl.preprocess import spectra
   cols = {c: rows[c].to_pylist() for c in rows.column_names} if rows is not None else {"file": []}
   n = max(len(cols["file"]), 1)
@@ -121,7 +123,6 @@ def plot_spectra(path, rows, model, title):
         x = host_inputs(model, cols["file"])
     except Exception:  # the report must not fail the scan
       pass
-  from matplotlib.lines import Line2D
   wave = spectra.binned(spectra.wavelength_grid(), int(model.input.get("bin", 1)))
   # vertical segments [x, x] x [0, 1] (axes fraction), NaN between them
   marks = (np.repeat(np.asarray(LINES, float), 3), np.tile([0.0, 1.0, np.nan], len(LINES)))

@@ -15,6 +15,8 @@ How a two-stage model runs (`mode`):
            candidate rule needs stage 1 to agree, else plain.
 """
 
+import functools
+import importlib
 import queue
 import threading
 import time
@@ -22,7 +24,7 @@ import time
 import numpy as np
 
 from astrotl import cli, parallel, rules
-from astrotl.inference import DEVICE_KEYS, compile_fn
+from astrotl.inference import DEVICE_KEYS, lower_fn
 from astrotl.scan import chunks, tables, workers
 
 # Device batches queued at once.  Two keep the device busy while the host gathers the
@@ -36,23 +38,47 @@ WRITE_GRACE = 1.5
 POLL = 0.1  # seconds between checks of the stop signal in the writer's waits
 
 
-# Loaded by `preload`: the merge's and the report's writers (astropy's tables, FITS and
-# VOTable; matplotlib's figure and Agg canvas), besides what the chunk writer uses.
+# Loaded by `Preload` on the process that merges: the merge's and the report's writers
+# (astropy's tables, FITS and VOTable; matplotlib's figure and Agg canvas).
 PRELOAD = ("astropy.table", "astropy.io.fits", "astropy.io.votable", "matplotlib.figure",
            "matplotlib.backends.backend_agg")
 
 
-def preload():
-  """Imports what the scan uses after its device functions are compiled: the chunk
-  writer's pyarrow (which loads pandas on its first table) and PRELOAD.  Only a head
-  start: any failure is left to the code that needs the module."""
-  import importlib
-  try:
-    chunks.warm_writes()
-    for name in PRELOAD:
-      importlib.import_module(name)
-  except Exception:  # pylint: disable=broad-except
-    pass
+class Preload:
+  """Imports, in a thread, what the scan uses after compiling: the chunk writer's pyarrow
+  (which loads pandas on its first table) and, with `merge`, PRELOAD, one module at a
+  time until `stop`.  Only a head start (the code that needs a module imports it anyway),
+  run while XLA compiles, which does not hold the GIL: on a warm compilation cache that
+  is a moment, and what is left loads where it is used, as before."""
+
+  def __init__(self, merge=True):
+    self.steps = [chunks.warm_writes] + [
+        functools.partial(importlib.import_module, name) for name in (PRELOAD if merge else ())]
+    self._stop = threading.Event()
+    self._thread = None
+
+  def start(self):
+    if self._thread is None:
+      self._thread = threading.Thread(target=self._run, daemon=True, name="astrotl-preload")
+      self._thread.start()
+
+  def _run(self):
+    try:
+      for step in self.steps:
+        if self._stop.is_set():
+          return
+        step()
+    except Exception:  # pylint: disable=broad-except (left to the code that needs it)
+      pass
+
+  def stop(self):
+    """Waits for the module being imported, if any.  Then the main thread may import
+    these packages itself (a FITS catalog, a fallback reader): two threads importing one
+    package can each get the other's half-made modules, and a thread still importing
+    when the process exits can crash it."""
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
 
 
 class Runner:
@@ -75,28 +101,28 @@ class Runner:
     self.variables = [parallel.replicate(model.variables(s), mesh) for s in self.stages]
     self.wait_decode = 0.0
     self.wait_device = 0.0
+    self.preload_wait = 0.0  # seconds warm_up waited for `Preload` after compiling
 
   def warm_up(self):
     """Compiles the device functions now (while the decoders start), without running
-    them: on a CPU a dummy batch costs as much as a real one.  Meanwhile a thread loads
-    what the chunk writer, the merge and the report use (`preload`): XLA compiles
-    without holding the GIL."""
+    them: on a CPU a dummy batch costs as much as a real one.  While XLA compiles, a
+    thread imports what comes after (`Preload`)."""
+    import jax
     from astrotl.io import batch as io_batch
-    loader = threading.Thread(target=preload, daemon=True, name="astrotl-preload")
-    loader.start()
+    loader = Preload(merge=jax.process_index() == 0)
     try:
       raw, _ = parallel.pad_rows(io_batch.empty(), self.batch_size)
       arrays = parallel.shard_batch({k: raw[k] for k in DEVICE_KEYS}, self.mesh,
                                     self.batch_size)
       for fn, v in zip(self.fns, self.variables):
         cli.check()  # compiling cannot be interrupted; between functions it can
-        compile_fn(fn, v, *(arrays[k] for k in DEVICE_KEYS))
+        lowered = lower_fn(fn, v, *(arrays[k] for k in DEVICE_KEYS))  # holds the GIL
+        loader.start()
+        lowered.compile()
     finally:
-      # Joined here (the imports take a second or two): afterwards the main thread may
-      # import these packages itself (a FITS catalog, a fallback reader), and two threads
-      # importing one package can each get the other's half-made modules; and a thread
-      # still importing when the process exits can crash it.
-      loader.join()
+      t = time.perf_counter()
+      loader.stop()
+      self.preload_wait = time.perf_counter() - t
 
   def _dispatch(self, fn, variables, raw, n):
     """(device outputs, n, the host's S/N): the batch runs while the host goes on."""
