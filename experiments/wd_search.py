@@ -567,13 +567,18 @@ def held_out_summary(workdir, config):
     return f"{r['source']} {r['label']}"
 
   groups = [group(r) for r in rows]
+  snr = np.array([float(r["snr"]) for r in rows])
   by_kind = {}
   for kind in sorted(set(groups)):
     sel = np.array([g == kind for g in groups])
     objects = {r["object"] for r, s in zip(rows, sel) if s}
+    hi = sel & (snr >= 10)
     by_kind[kind] = {
         "wd": bool(wd[sel][0]), "n": int(sel.sum()), "n_objects": len(objects),
         "cnn_rule": float(cand[sel].mean()),
+        # P(WD) >= 0.5 whatever stage 1 says: how much the rule leans on stage 1's class
+        "stage2_alone": float(np.mean(p[sel] >= 0.5)),
+        "stage2_alone_snr10": float(np.mean(p[hi] >= 0.5)) if hi.any() else None,
         "lines_at_0.5": float(np.mean(p_lines[sel] >= 0.5)),
         "lines_at_matched": float(np.mean(p_lines[sel] >= matched))}
   return {
