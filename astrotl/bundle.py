@@ -15,10 +15,12 @@ or more networks and a JSON description::
 `input` says how a spectrum becomes the network input (`spectra.network_input`), or for
 light curves the 16 UPSILoN features and their preprocessing.  A network's `output` is
 "classes" (with class names and a calibration temperature) or "regression" (with target
-names and optionally "scale": [[mean, std], ...]).  Everything that trains writes a
-bundle (`Model.save`); everything that predicts reads one (`load_model`).  A `reference`
-(embeddings of the training set, in the tree of that name) lets the scan score anomalies:
-`astrotl.similar.reference` describes it, `astrotl.similar.add_reference` adds one.
+names and optionally "scale": [[mean, std], ...], raw output * std + mean, and "units",
+one string per target, e.g. ["K", "dex", "dex"], which the output columns carry).
+Everything that trains writes a bundle (`Model.save`); everything that predicts reads
+one (`load_model`).  A `reference` (embeddings of the training set, in the tree of that
+name) lets the scan score anomalies: `astrotl.similar.reference` describes it,
+`astrotl.similar.add_reference` adds one.
 
 Every bundle and every Model is checked before use (`astrotl.validate`: the schema of the
 description, sizes, finite weights, each network's shapes); a bundle that fails is one
@@ -69,6 +71,7 @@ class Network:
     self.targets = [str(t) for t in meta.get("targets", ())]
     if self.output == "regression" and not self.targets:
       self.targets = ["value"]
+    self.units = [str(u) for u in meta.get("units") or [""] * len(self.targets)]
     self.temperature = float(meta.get("temperature", 1.0)) if self.output == "classes" else 1.0
     self.scale = np.asarray(meta.get("scale") or [[0.0, 1.0]] * len(self.targets), np.float32)
     self.model = models.get(meta["model"], **meta.get("config", {}))
@@ -165,8 +168,10 @@ class Model:
     two = self.kind == "two_stage"
     for i, net in enumerate(self.networks.values()):
       if net.output == "regression":
-        for t in net.targets:
-          out.append((column_name(t), (f"{t} predicted by network {net.name}", "")))
+        for t, unit in zip(net.targets, net.units):
+          # The unit is in the description too: FITS keeps only units it knows ('dex' is not).
+          out.append((column_name(t), (f"{t}{f' ({unit})' if unit else ''} predicted by "
+                                       f"network {net.name}", unit)))
         continue
       if two and i == 1:
         pos = net.meta.get("positive", net.classes[-1])

@@ -174,7 +174,12 @@ def _loss_fn(name, class_weights):
   fn = losses.LOSSES[name]
   if name == "xent":
     return lambda out, y: fn(out, y, class_weights)
-  return lambda out, y: fn(out[..., 0] if out.ndim == 2 and out.shape[-1] == 1 else out, y)
+
+  def regression(out, y):
+    per = fn(out[..., 0] if out.ndim == 2 and out.shape[-1] == 1 else out, y)
+    return per.mean(-1) if per.ndim == 2 else per  # several targets: their mean per example
+
+  return regression
 
 
 def frozen_blocks(params, frozen_re) -> tuple:
@@ -287,7 +292,8 @@ def _evaluate(model, variables, split, config, mesh, predict_fn):
   if config.loss == "xent":
     result["val_accuracy"] = metrics.accuracy(y, out.argmax(-1))
   else:
-    result["val_mae"] = metrics.regression(y, out.reshape(len(y), -1)[:, 0])["mae"]
+    pred = out.reshape(len(y), -1)[:, 0] if y.ndim == 1 else out.reshape(y.shape)
+    result["val_mae"] = metrics.regression(y, pred)["mae"]  # over every target
   return result
 
 

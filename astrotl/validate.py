@@ -11,7 +11,7 @@ expected, unless:
   `io.weights.MAX_MEMBERS` arrays (checked before any is read);
 - the description fits the schema in `check_meta`: the types, required keys and value
   ranges of `input`, `networks` (model, config, output, class names or targets,
-  temperature > 0, positive class, priors in (0, 1), regression scale), `rule` and
+  temperature > 0, positive class, priors in (0, 1), regression scale and units), `rule` and
   `reference`; `about` is free-form;
 - a classifier has at least two classes, and class names are non-empty and unique, also
   as column names ignoring case ('WD+M' and 'WD_M' would both be p_WD_M);
@@ -44,6 +44,7 @@ MAX_LIST = 64              # entries of a list in a network's config (layer widt
 MAX_INT = 1 << 24          # any integer of a config or an input spec
 MAX_REPEAT = 64            # a config's count of blocks or layers (tracing time grows with it)
 MAX_ABS = 1e6              # any weight: trained networks hold |w| < 1e3
+MAX_UNIT = 32              # a regression target's unit string ('K', 'dex', 'km/s')
 INPUT_TYPES = ("spectrum", "lightcurve", "image")
 RULE_TYPES = ("two_stage", "class", "range")
 
@@ -284,6 +285,11 @@ def _check_network(net, f):
         f["scale"][i][0].number(mean)
         if f["scale"][i][1].number(std) == 0:
           f["scale"][i][1].fail("a non-zero std", std)
+    units = net.get("units")
+    if units is not None and (not isinstance(units, list) or len(units) != len(targets) or any(
+        not isinstance(u, str) or len(u) > MAX_UNIT for u in units)):
+      f["units"].fail(f"a list of {len(targets)} unit strings (at most {MAX_UNIT} characters, "
+                      "'' for none), one per target", units)
     if "num_classes" in config and config["num_classes"] != len(targets):
       f["config"]["num_classes"].fail(f"{len(targets)}, one output per target",
                                       config["num_classes"])

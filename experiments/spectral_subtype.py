@@ -1,27 +1,38 @@
-r"""MK subtype regression on real LAMOST stars with the Wang et al. (2021) 1D ResNet.
+r"""MK subtypes and stellar parameters of real LAMOST stars with the Wang et al. (2021) 1D ResNet.
 
-Studies, all on the same star-grouped, letter-stratified 7:1:2 splits:
-  kernels    ResNet kernel size 3/5/7/9 (Log-Cosh, clean labels), every era together
+Data (`subtype_data`): the LAMOST LRS stars of <data_dir>/spectra/index.csv with an MK
+subclass and the LAMOST DR10 A/F/G stars (with the DR10 pipeline's Teff, log g, [Fe/H]),
+continuum-normalised and binned on the common grid; one star-grouped 7:1:2 split, stratified
+by letter (separately for DR10 and index.csv stars).  Every ResNet trains on augmented
+spectra: radial-velocity shifts and added noise down to S/N 10 (`subtype_data.Augmented`).
+
+Studies (--only=, default all):
+  kernels    ResNet kernel size 3/5/7/9 (Log-Cosh, clean labels); the chosen kernel also
+             without augmentation
   loss       Log-Cosh vs MSE, clean and with 5% of training labels shifted by 5-10 subtypes
   baselines  k-nearest neighbours and gradient-boosted trees (scikit-learn) on the same split
-  transfer   pretrain on the DR8 v1 files, fine-tune on the pilot/DR1 files (pipeline v2.6.4
-             vs v2.9.8: a domain shift) versus training from scratch, over training-set sizes
+  params     a 3-output ResNet for Teff, log g, [Fe/H] of the DR10 stars, against boosted
+             trees and The Cannon; robust scatter and bias per label.  --bundle=PATH saves
+             it as the `lamost_params` bundle
+  transfer   the params network fine-tuned (new head) to subtypes of the index.csv eras with
+             30, 100 and all their training labels, against training from scratch
   cam        Grad-CAM of test stars, per spectral letter, against the main lines
+Subtype metrics are in subtypes, overall and per letter, on the test stars.
 
-Inputs: every LAMOST LRS star in <data_dir>/spectra/index.csv with an MK subclass, read with
-astrotl.io.lamost, resampled to the common grid and continuum-normalised.
-Writes results.json and PNG plots into --workdir.
+Writes results.json (after each study; with the command, times and seeds) and PNG plots
+into --workdir.
 
   python experiments/spectral_subtype.py --workdir=workdir/spectral_subtype \
-      --config=astrotl/configs/spectral_subtype.py
+      --config=astrotl/configs/spectral_subtype.py [--only=params --bundle=lamost_params.npz]
 """
 
-import csv
 import json
 import logging
-import os
 import pathlib
+import platform
+import shlex
 import shutil
+import sys
 import time
 
 from absl import app
@@ -33,152 +44,272 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 import numpy as np
 
-from astrotl import configs, explain, metrics, train
-from astrotl.io import lamost
-from astrotl.preprocess import spectra
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
+import stellar_params  # noqa: E402  pylint: disable=g-import-not-at-top
+import subtype_data  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from astrotl import configs, explain, metrics, parallel, train  # noqa: E402
+from astrotl.preprocess import spectra  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(pathlib.Path(__file__).resolve().parents[1] / "astrotl/configs/spectral_subtype.py"),
     "Experiment config (path.py:arg).")
 _WORKDIR = flags.DEFINE_string("workdir", "./workdir/spectral_subtype", "Output directory.")
-
-ERAS = {"lamost_dr8v1_image_format": "dr8", "lamost_dr1_pilot_B6212": "pilot"}
-
-
-def data_root(configured: str) -> pathlib.Path:
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  for root in (configured, os.environ.get("ASTROTL_SHARED_DATA"), repo.parent / "shared" / "data"):
-    if root and (pathlib.Path(root) / "spectra" / "index.csv").exists():
-      return pathlib.Path(root)
-  raise app.UsageError("no spectra/index.csv found: set --config.data_dir=DIR or "
-                       "$ASTROTL_SHARED_DATA to the shared data root")
+STUDIES = ("kernels", "loss", "baselines", "params", "transfer", "cam")
+_ONLY = flags.DEFINE_list("only", list(STUDIES), f"Studies to run, of {', '.join(STUDIES)}.")
+_BUNDLE = flags.DEFINE_string("bundle", "", "With the params study: save its network (seed "
+                              "seeds[0]) as the lamost_params bundle at this path (.npz).")
 
 
-def load_stars(root: pathlib.Path, clip, bin_size: int) -> dict:
-  """Every LAMOST LRS star with an MK subtype: continuum-normalised, binned, on the common grid."""
-  rows = list(csv.DictReader(open(root / "spectra" / "index.csv")))
-  out = {k: [] for k in ("x", "subtype", "letter", "era", "group", "snr", "file", "subclass")}
-  skipped = []
-  for row in rows:
-    if row["survey"] != "LAMOST-LRS":
-      skipped.append((row["file"], f"survey {row['survey']}"))
-      continue
-    s = lamost.read(root / "spectra" / row["file"])
-    subtype = spectra.subtype_number(s.meta["subclass"] or "")
-    if subtype is None or (s.meta["class"] or "").upper() != "STAR":
-      skipped.append((row["file"], f"class {s.meta['class']} subclass {s.meta['subclass']}"))
-      continue
-    flux, ivar, mask = spectra.resample(np.log10(s.wavelength), s.flux, s.ivar, s.mask)
-    norm, _ = spectra.continuum_normalise(flux, ivar, mask)
-    out["x"].append(spectra.binned(np.clip(norm, *clip), bin_size))
-    out["subtype"].append(subtype)
-    out["letter"].append(spectra.spectral_letter(s.meta["subclass"]))
-    out["era"].append(ERAS.get(row["file"].split("/")[0], "other"))
-    # Repeat visits share a designation; grouping keeps them in one split.
-    out["group"].append(s.meta["designation"] or row["file"])
-    out["snr"].append(s.meta["snr_g"] or 0.0)
-    out["file"].append(row["file"])
-    out["subclass"].append(s.meta["subclass"])
-  data = {k: np.asarray(v) for k, v in out.items()}
-  data["x"] = data["x"].astype(np.float32)
-  data["skipped"] = skipped
-  return data
+def subtype_scores(y, pred, letters) -> dict:
+  """metrics.regression overall, and per spectral letter with its count."""
+  out = metrics.regression(y, pred)
+  out["by_letter"] = {l: {**metrics.regression(y[letters == l], pred[letters == l]),
+                          "n": int(np.sum(letters == l))} for l in sorted(set(letters))}
+  return out
 
 
-def split(groups, letters, fractions, seed) -> list:
-  """Index arrays per fraction: whole groups, shuffled within each spectral letter."""
-  rng = np.random.default_rng(seed)
-  parts = [[] for _ in fractions]
-  edges = np.cumsum(fractions) / np.sum(fractions)
-  first_letter = {}
-  for g, l in zip(groups, letters):
-    first_letter.setdefault(g, l)
-  for letter in sorted(set(first_letter.values())):
-    gs = sorted(g for g, l in first_letter.items() if l == letter)
-    gs = [gs[i] for i in rng.permutation(len(gs))]
-    cut = np.round(edges * len(gs)).astype(int)
-    for i, (lo, hi) in enumerate(zip(np.r_[0, cut[:-1]], cut)):
-      parts[i].extend(gs[lo:hi])
-  index = {g: i for i, part in enumerate(parts) for g in part}
-  which = np.array([index[g] for g in groups])
-  return [np.flatnonzero(which == i) for i in range(len(fractions))]
-
-
-def with_label_noise(y, fraction, shift, seed):
-  """A copy of y with `fraction` of it moved by +-shift[0]..shift[1] subtypes (kept in 0..69)."""
-  rng = np.random.default_rng([seed, 7])
-  y = y.copy()
-  idx = rng.choice(len(y), int(round(fraction * len(y))), replace=False)
-  delta = rng.integers(shift[0], shift[1] + 1, len(idx)) * rng.choice([-1, 1], len(idx))
-  y[idx] = np.clip(y[idx] + delta, 0, 69)
-  return y, idx
+def summarise(runs: list):
+  """Mean, std and count over seeds of every (nested) metric."""
+  if isinstance(runs[0], dict):
+    return {k: summarise([r[k] for r in runs]) for k in runs[0]}
+  return {"mean": float(np.mean(runs)), "std": float(np.std(runs)), "n": len(runs)}
 
 
 class Runner:
-  """Trains one config on index sets and scores it on the test set, in subtype units."""
+  """Trains one config on index sets; every run is logged in `runs` (name, seed, time)."""
 
   def __init__(self, config, data, workdir):
     self.c, self.d, self.workdir = config, data, pathlib.Path(workdir) / "runs"
     self.seconds = 0.0
+    self.runs = []
+    self.pretrained = {}  # seed -> variables of the params network (transfer reuses them)
 
-  def fit(self, name, train_idx, val_idx, seed, y=None, pretrained=None, **overrides):
-    y = self.d["subtype"] if y is None else y
-    off = self.c.label_offset
+  def fit(self, name, train_idx, val_idx, seed, y, y_val=None, pretrained=None, outputs=1,
+          kernel_size=None, augment=None, **overrides):
+    """y (and y_val, default y): targets of every star in network units."""
+    y_val = y if y_val is None else y_val
+    augment = self.c.augment.enabled if augment is None else augment
     cfg = train.merged_config(self.c.train)
     cfg.seed = seed
+    cfg.model_config.kernel_size = kernel_size or self.c.kernel
+    cfg.model_config.num_classes = outputs
     for key, value in overrides.items():
-      if key == "kernel_size":
-        cfg.model_config.kernel_size = value
-      else:
-        setattr(cfg, key, value)
+      setattr(cfg, key, value)
     workdir = self.workdir / name
     shutil.rmtree(workdir, ignore_errors=True)  # a rerun starts from scratch, never resumes
-    split_data = {
-        "train": {"x": self.d["x"][train_idx], "y": (y[train_idx] - off).astype(np.float32)},
-        "validation": {"x": self.d["x"][val_idx],
-                       "y": (self.d["subtype"][val_idx] - off).astype(np.float32)}}
+    rows = (subtype_data.Augmented(self.d, train_idx, y[train_idx], self.c, seed) if augment
+            else {"x": self.d["x"][train_idx], "y": y[train_idx].astype(np.float32)})
+    split_data = {"train": rows, "validation": {"x": self.d["x"][val_idx],
+                                                "y": y_val[val_idx].astype(np.float32)}}
     result = train.fit(cfg, workdir, split_data, pretrained=pretrained)
     self.seconds += result.seconds
+    self.runs.append({"name": name, "seed": seed, "steps": cfg.num_steps, "augment": augment,
+                      "kernel": cfg.model_config.kernel_size, "loss": cfg.loss,
+                      "train_stars": len(train_idx), "pretrained": pretrained is not None,
+                      "best": result.best,
+                      "seconds": result.seconds})
     logging.info("%s: best %s (%.0f s)", name, result.best, result.seconds)
-    return train.build_model(cfg), result.best_variables
+    return train.build_model(cfg), result.best_variables, cfg
 
   def predict(self, model, variables, idx):
     out = train.predict(model, variables, self.d["x"][idx])
-    return out.reshape(len(idx), -1)[:, 0] + self.c.label_offset
+    return out.reshape(len(idx), -1)
+
+  def subtype_y(self, subtype=None):
+    return ((self.d["subtype"] if subtype is None else subtype) - self.c.label_offset).astype(
+        np.float32)
 
   def score(self, model, variables, idx):
-    pred = self.predict(model, variables, idx)
-    return metrics.regression(self.d["subtype"][idx], pred), pred
+    pred = self.predict(model, variables, idx)[:, 0] + self.c.label_offset
+    return subtype_scores(self.d["subtype"][idx], pred, self.d["letter"][idx]), pred
+
+  def params_y(self, rows):
+    """(standardised Teff, log g, [Fe/H] of every star, mean, std) over `rows`."""
+    mean, std = stellar_params.standardise(self.d["params"], rows)
+    return ((self.d["params"] - mean) / std).astype(np.float32), mean, std
+
+  def fit_params(self, seed, tr, va):
+    """The 3-output params network of `seed` (trained once, kept for transfer)."""
+    ys, _, _ = self.params_y(tr)
+    model, v, cfg = self.fit(f"params_seed{seed}", tr, va, seed, ys, outputs=3,
+                             loss=self.c.params_loss)
+    self.pretrained[seed] = v
+    return model, v, cfg
 
 
-def summarise(runs: list) -> dict:
-  """Mean and std over seeds of every metric."""
-  keys = runs[0].keys()
-  return {k: {"mean": float(np.mean([r[k] for r in runs])),
-              "std": float(np.std([r[k] for r in runs])), "n": len(runs)} for k in keys}
+# --- studies ---------------------------------------------------------------------------------
+
+def kernel_study(c, runner, tr, va, te):
+  kernels, keep = {}, {}
+  y = runner.subtype_y()
+  for k in c.kernels:
+    runs = []
+    for seed in c.seeds:
+      model, v, _ = runner.fit(f"kernel{k}_seed{seed}", tr, va, seed, y, kernel_size=k)
+      m, pred = runner.score(model, v, te)
+      runs.append(m)
+      if k == c.kernel and seed == c.seeds[0]:
+        keep = {"model": model, "variables": v, "pred": pred, "metrics": m}
+    kernels[str(k)] = {"per_seed": runs, "summary": summarise(runs)}
+  out = {"kernels": kernels}
+  if c.augment_ablation:
+    runs = [runner.score(*runner.fit(f"kernel{c.kernel}_noaug_seed{seed}", tr, va, seed, y,
+                                     augment=False)[:2], te)[0] for seed in c.seeds]
+    out["no_augment"] = {"kernel": c.kernel, "per_seed": runs, "summary": summarise(runs)}
+  return out, keep
+
+
+def loss_study(c, d, runner, tr, va, te, kernels):
+  loss = {}
+  clean = runner.subtype_y()
+  for name in ("logcosh", "mse"):
+    for noisy in (False, True):
+      runs = []
+      for seed in c.seeds:
+        if name == "logcosh" and not noisy and kernels and str(c.kernel) in kernels:
+          runs.append(kernels[str(c.kernel)]["per_seed"][c.seeds.index(seed)])
+          continue
+        y = clean
+        if noisy:
+          sub = d["subtype"].copy()
+          sub[tr], _ = subtype_data.with_label_noise(d["subtype"][tr], c.noise_fraction,
+                                                     c.noise_shift, seed)
+          y = runner.subtype_y(sub)
+        model, v, _ = runner.fit(f"{name}_{'noisy' if noisy else 'clean'}_seed{seed}", tr, va,
+                                 seed, y, y_val=clean, loss=name)
+        runs.append(runner.score(model, v, te)[0])
+      loss[f"{name}_{'noisy' if noisy else 'clean'}"] = {"per_seed": runs,
+                                                          "summary": summarise(runs)}
+  return loss
 
 
 def baselines(c, d, tr, te) -> dict:
   from sklearn.ensemble import HistGradientBoostingRegressor  # pylint: disable=g-import-not-at-top
   from sklearn.neighbors import KNeighborsRegressor  # pylint: disable=g-import-not-at-top
   out = {}
-  x, y = d["x"], d["subtype"]
-  knn = KNeighborsRegressor(c.knn_k, weights="distance").fit(x[tr], y[tr])
-  out[f"knn_{c.knn_k}"] = metrics.regression(y[te], knn.predict(x[te]))
-  # 8-pixel means: trees on 3909 raw pixels spend their splits on noise.
-  xb = x[:, :x.shape[1] // 8 * 8].reshape(len(x), -1, 8).mean(-1)
-  gbt = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0)
-  out["gradient_boosted_trees"] = metrics.regression(y[te], gbt.fit(xb[tr], y[tr]).predict(xb[te]))
+  x, y, letters = d["x"], d["subtype"], d["letter"][te]
+  with stellar_params.one_thread():
+    knn = KNeighborsRegressor(c.knn_k, weights="distance").fit(x[tr], y[tr])
+    out[f"knn_{c.knn_k}"] = subtype_scores(y[te], knn.predict(x[te]), letters)
+    # 8-pixel means: trees on 1954 binned pixels spend their splits on noise.
+    xb = x[:, :x.shape[1] // 8 * 8].reshape(len(x), -1, 8).mean(-1)
+    gbt = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0)
+    out["gradient_boosted_trees"] = subtype_scores(
+        y[te], gbt.fit(xb[tr], y[tr]).predict(xb[te]), letters)
   return out
 
+
+def params_study(c, d, runner, tr, va, te, root, bundle_path, command):
+  dr10 = d["era"] == "dr10"
+  ptr, pva, pte = (i[dr10[i]] for i in (tr, va, te))
+  _, mean, std = runner.params_y(ptr)
+  y = d["params"]
+  out = {"stars": [len(ptr), len(pva), len(pte)], "labels": list(subtype_data.PARAMS),
+         "units": list(subtype_data.UNITS), "train_mean": mean.tolist(),
+         "train_std": std.tolist(), "test_files": d["file"][pte].tolist()}
+  runs, first = [], None
+  for seed in c.seeds:
+    model, v, cfg = runner.fit_params(seed, ptr, pva)
+    pred = runner.predict(model, v, pte) * std + mean
+    runs.append(stellar_params.scores(y[pte], pred))
+    first = first or (v, cfg, pred)
+  out["resnet"] = {"per_seed": runs, "summary": summarise(runs)}
+  with stellar_params.one_thread():
+    try:
+      out["boosted_trees"] = stellar_params.scores(
+          y[pte], stellar_params.boosted_trees(d["x"], y, ptr, pte))
+    except ImportError as e:
+      out["boosted_trees"] = {"skipped": f"scikit-learn not installed ({e})"}
+    pred, details = stellar_params.the_cannon(d, ptr, pte)
+  out["cannon"] = {**stellar_params.scores(y[pte], pred), "details": details}
+  if bundle_path:
+    v, cfg, pred = first
+    about = {"trained_by": "experiments/spectral_subtype.py, params study", "command": command,
+             "training_data": f"{len(ptr)} LAMOST DR10 A/F/G stars (spectra/lamost_dr10_afg), "
+                              f"validation {len(pva)}, test {len(pte)}, split by designation",
+             "labels": "LAMOST DR10 stellar pipeline Teff, log g, [Fe/H]",
+             "seed": c.seeds[0], "steps": cfg.num_steps, "augment": c.augment.to_dict(),
+             "evaluation": {"test": runs[0], "metric": "scatter = 1.4826 MAD, bias = median "
+                                                        "of predicted - DR10"}}
+    model = stellar_params.make_bundle(v, cfg.model_config.to_dict(), c, mean, std, about)
+    path = model.save(bundle_path)
+    files = [root / "spectra" / f for f in d["file"][pte][:16]]
+    out["bundle"] = {"path": str(path), **stellar_params.check_bundle(path, files, pred[:16])}
+  return out
+
+
+def transfer_study(c, d, runner, tr, va, te):
+  """Subtypes of the index.csv eras from the params network with a new head vs from scratch."""
+  target = np.isin(d["era"], list(c.transfer_eras))
+  dr10 = d["era"] == "dr10"
+  ttr, tva, tte = (i[target[i]] for i in (tr, va, te))
+  ptr, pva = (i[dr10[i]] for i in (tr, va))
+  sizes = sorted({min(s or len(ttr), len(ttr)) for s in c.transfer_sizes})
+  y = runner.subtype_y()
+  out = {"eras": list(c.transfer_eras), "stars": [len(ttr), len(tva), len(tte)],
+         "pretrain_stars": [len(ptr), len(pva)], "sizes": sizes, "steps": c.transfer_steps,
+         "scratch": {}, "finetune": {}}
+  for seed in c.transfer_seeds:
+    pre = runner.pretrained.get(seed)
+    if pre is None:
+      pre = runner.fit_params(seed, ptr, pva)[1]
+    order = np.random.default_rng([seed, 11]).permutation(len(ttr))
+    for size in sizes:
+      sub = ttr[np.sort(order[:size])]
+      for method, p in (("scratch", None), ("finetune", pre)):
+        model, v, _ = runner.fit(f"{method}_n{size}_seed{seed}", sub, tva, seed, y, pretrained=p,
+                                 num_steps=c.transfer_steps)
+        out[method].setdefault(str(size), []).append(runner.score(model, v, tte)[0])
+  for method in ("scratch", "finetune"):
+    out[method] = {s: {"summary": summarise(r), "per_seed": r} for s, r in out[method].items()}
+  return out
+
+
+def cam_study(c, d, keep, tr, te, workdir):
+  # A regression map with the plain sign only shows what pushes the prediction to later
+  # types; for stars predicted earlier than the training mean the evidence is what pulls
+  # it down, so each star is explained in the direction it moved from the mean.
+  wave = spectra.binned(spectra.wavelength_grid(), c.bin)
+  xs, letters = d["x"][te], d["letter"][te]
+  centre = float(np.mean(d["subtype"][tr]))
+  signs = np.where(keep["pred"] < centre, -1.0, 1.0)
+  model, v = keep["model"], keep["variables"]
+  cams = explain.cam(model, v, xs, sign=signs)
+  plot_mean_cams(workdir / "cam_mean.png", wave, cams, letters)
+  by_letter = lambda m: {l: explain.line_contrast(wave, m[letters == l])
+                         for l in sorted(set(letters))}
+  out = {"training_mean_subtype": centre, "line_contrast_by_letter": by_letter(cams),
+         "line_contrast_later": by_letter(explain.cam(model, v, xs)),
+         "line_contrast_earlier": by_letter(explain.cam(model, v, xs, sign=-1)), "examples": {}}
+  for letter in c.cam_examples:
+    idx = np.flatnonzero(letters == letter)
+    if not idx.size:
+      continue
+    i = idx[np.argmax(d["snr"][te][idx])]
+    j = te[i]
+    path = workdir / f"cam_{letter}.png"
+    explain.plot_cam(wave, d["x"][j], cams[i], path,
+                     title=f"{d['file'][j]}  {d['subclass'][j]} (true {d['subtype'][j]:.0f}, "
+                     f"predicted {keep['pred'][i]:.1f}), SNR_g {d['snr'][j]:.0f}; map: what "
+                     f"moves it {'earlier' if signs[i] < 0 else 'later'} than {centre:.1f}")
+    out["examples"][letter] = {"file": str(d["file"][j]), "subclass": str(d["subclass"][j]),
+                               "predicted": float(keep["pred"][i]), "png": path.name,
+                               "line_contrast": explain.line_contrast(wave, cams[i])}
+  return out
+
+
+# --- plots -----------------------------------------------------------------------------------
 
 def plot_pred_vs_true(path, y, pred, era, title):
   coef = np.polyfit(y, pred, 2)
   fig, ax = plt.subplots(figsize=(5.2, 5))
-  for e, colour in (("dr8", "tab:blue"), ("pilot", "tab:orange"), ("other", "tab:green")):
+  for e, colour in (("dr10", "tab:purple"), ("dr8", "tab:blue"), ("pilot", "tab:orange"),
+                    ("other", "tab:green")):
     m = era == e
     if m.any():
-      ax.scatter(y[m], pred[m], s=12, alpha=0.7, color=colour, label=e)
+      ax.scatter(y[m], pred[m], s=10, alpha=0.6, color=colour, label=e)
   grid = np.linspace(y.min(), y.max(), 100)
   ax.plot(grid, grid, "k--", lw=0.8, label="y = x")
   ax.plot(grid, np.polyval(coef, grid), "r-", lw=1.2,
@@ -197,13 +328,13 @@ def plot_pred_vs_true(path, y, pred, era, title):
   return coef.tolist()
 
 
-def plot_transfer(path, table, sizes):
+def plot_transfer(path, table, sizes, eras):
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for method, colour in (("scratch", "tab:gray"), ("finetune", "tab:red")):
-    m = [table[method][str(n)]["mae"]["mean"] for n in sizes]
-    s = [table[method][str(n)]["mae"]["std"] for n in sizes]
+    m = [table[method][str(n)]["summary"]["mae"]["mean"] for n in sizes]
+    s = [table[method][str(n)]["summary"]["mae"]["std"] for n in sizes]
     ax.errorbar(sizes, m, yerr=s, marker="o", capsize=3, color=colour, label=method)
-  ax.set_xlabel("pilot/DR1 training stars")
+  ax.set_xlabel(f"{'/'.join(eras)} training stars")
   ax.set_ylabel("test MAE (subtypes)")
   ax.legend()
   fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -225,128 +356,82 @@ def plot_mean_cams(path, wave, cams, letters):
   plt.close(fig)
 
 
+# --- main ------------------------------------------------------------------------------------
+
+def counts(values) -> dict:
+  return {str(v): int(np.sum(values == v)) for v in sorted(set(values))}
+
+
 def main(argv):
   del argv
   c = _CONFIG.value
+  studies = [s.strip() for s in _ONLY.value if s.strip()]
+  unknown = sorted(set(studies) - set(STUDIES))
+  if unknown:
+    raise app.UsageError(f"--only: unknown studies {unknown}; known: {', '.join(STUDIES)}")
+  if _BUNDLE.value and "params" not in studies:
+    raise app.UsageError("--bundle needs the params study (--only=...,params)")
+  if "cam" in studies and "kernels" not in studies:
+    raise app.UsageError("the cam study maps the kernels study's model: add kernels to --only")
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
+  # Runs of one architecture compile the same programs (scratch and fine-tuned alike).
+  parallel.enable_compilation_cache()
   t0 = time.time()
-  root = data_root(c.data_dir)
-  d = load_stars(root, c.clip, c.bin)
-  n = len(d["subtype"])
-  logging.info("%d stars; skipped %s", n, d["skipped"])
-  runner = Runner(c, d, workdir)
-  tr, va, te = split(d["group"], d["letter"], c.split, seed=0)
-  res = {"data": {"root_index": "spectra/index.csv", "stars": n,
-                  "letters": {l: int(np.sum(d["letter"] == l)) for l in sorted(set(d["letter"]))},
-                  "eras": {e: int(np.sum(d["era"] == e)) for e in sorted(set(d["era"]))},
-                  "skipped": d["skipped"], "split_sizes": [len(tr), len(va), len(te)],
-                  "test_files": d["file"][te].tolist()},
-         "config": c.to_dict()}
-
-  # --- kernel sizes -------------------------------------------------------------------
-  kernels, keep = {}, {}
-  for k in c.kernels:
-    runs = []
-    for seed in c.seeds:
-      model, v = runner.fit(f"kernel{k}_seed{seed}", tr, va, seed, kernel_size=k)
-      m, pred = runner.score(model, v, te)
-      runs.append(m)
-      if k == c.kernel and seed == c.seeds[0]:
-        keep = {"model": model, "variables": v, "pred": pred, "metrics": m}
-    kernels[str(k)] = {"per_seed": runs, "summary": summarise(runs)}
-  res["kernels"] = kernels
-  res["pred_vs_true_quadratic"] = plot_pred_vs_true(
-      workdir / "pred_vs_true.png", d["subtype"][te], keep["pred"], d["era"][te],
-      f"resnet1d k={c.kernel}, test set ({len(te)} stars): MAE {keep['metrics']['mae']:.2f}")
-
-  # --- loss under label noise -------------------------------------------------------------
-  loss = {}
-  for name in ("logcosh", "mse"):
-    for noisy in (False, True):
-      runs = []
-      for seed in c.seeds:
-        y = d["subtype"]
-        if noisy:
-          ytr, _ = with_label_noise(d["subtype"][tr], c.noise_fraction, c.noise_shift, seed)
-          y = d["subtype"].copy()
-          y[tr] = ytr
-        if name == "logcosh" and not noisy:
-          runs.append(kernels[str(c.kernel)]["per_seed"][c.seeds.index(seed)])
-          continue
-        model, v = runner.fit(f"{name}_{'noisy' if noisy else 'clean'}_seed{seed}", tr, va,
-                              seed, y=y, loss=name, kernel_size=c.kernel)
-        runs.append(runner.score(model, v, te)[0])
-      loss[f"{name}_{'noisy' if noisy else 'clean'}"] = {"per_seed": runs,
-                                                          "summary": summarise(runs)}
-  res["loss"] = loss
-
-  # --- baselines -----------------------------------------------------------------------------
+  command = shlex.join([pathlib.Path(sys.executable).name] + sys.argv)
   try:
-    res["baselines"] = baselines(c, d, tr, te)
-  except ImportError as e:
-    res["baselines"] = {"skipped": f"scikit-learn not installed ({e})"}
+    root = subtype_data.data_root(c.data_dir)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from None
+  d = subtype_data.load_stars(root, c)
+  tr, va, te = subtype_data.split(d["group"], subtype_data.strata(d), c.split, seed=0)
+  res = {"run": {"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "host": platform.node(), "studies": studies,
+                 "seeds": {"split": 0, "runs": list(c.seeds), "transfer": list(c.transfer_seeds),
+                           "augment": "(run seed, batch) per training run"}},
+         "data": {"root": str(root), "stars": len(d["subtype"]), "letters": counts(d["letter"]),
+                  "eras": counts(d["era"]), "skipped": d["skipped"],
+                  "split_sizes": [len(tr), len(va), len(te)],
+                  "test_letters": counts(d["letter"][te]), "test_files": d["file"][te].tolist()},
+         "config": c.to_dict()}
+  runner = Runner(c, d, workdir)
+  seconds = {"load": time.time() - t0}
 
-  # --- transfer across pipeline eras --------------------------------------------------------
-  dr8 = np.flatnonzero(d["era"] == "dr8")
-  pilot = np.flatnonzero(d["era"] == "pilot")
-  ptr, pva, pte = (pilot[i] for i in split(d["group"][pilot], d["letter"][pilot], c.split, 0))
-  dtr, dva = (dr8[i] for i in split(d["group"][dr8], d["letter"][dr8], (0.9, 0.1), 0))
-  sizes = [s or len(ptr) for s in c.transfer_sizes]
-  transfer = {"pilot_split_sizes": [len(ptr), len(pva), len(pte)],
-              "dr8_pretrain_sizes": [len(dtr), len(dva)], "scratch": {}, "finetune": {},
-              "pretrained_only": {}}
-  for seed in c.transfer_seeds:
-    pmodel, pre = runner.fit(f"pretrain_dr8_seed{seed}", dtr, dva, seed, kernel_size=c.kernel)
-    transfer["pretrained_only"][str(seed)] = runner.score(pmodel, pre, pte)[0]
-    order = np.random.default_rng([seed, 11]).permutation(len(ptr))
-    for size in sizes:
-      sub = ptr[np.sort(order[:size])]
-      for method, p in (("scratch", None), ("finetune", pre)):
-        model, v = runner.fit(f"{method}_n{size}_seed{seed}", sub, pva, seed, pretrained=p,
-                              kernel_size=c.kernel)
-        transfer[method].setdefault(str(size), []).append(runner.score(model, v, pte)[0])
-  for method in ("scratch", "finetune"):
-    transfer[method] = {s: {**summarise(r), "per_seed": r} for s, r in transfer[method].items()}
-  transfer["pretrained_only"]["summary"] = summarise(list(transfer["pretrained_only"].values()))
-  res["transfer"] = transfer
-  plot_transfer(workdir / "transfer.png", transfer, sizes)
+  def save(study):
+    seconds[study] = time.time() - t0 - sum(seconds.values())
+    res["runs"] = runner.runs
+    res["seconds"] = {"training": runner.seconds, "total": time.time() - t0, **seconds}
+    res["run"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    (workdir / "results.json").write_text(json.dumps(res, indent=1, default=common.json_default))
 
-  # --- class-activation maps --------------------------------------------------------------------
-  # A regression map with the plain sign only shows what pushes the prediction to later
-  # types; for stars predicted earlier than the training mean the evidence is what pulls
-  # it down, so each star is explained in the direction it moved from the mean.
-  wave = spectra.binned(spectra.wavelength_grid(), c.bin)
-  xs, letters = d["x"][te], d["letter"][te]
-  centre = float(np.mean(d["subtype"][tr]))
-  signs = np.where(keep["pred"] < centre, -1.0, 1.0)
-  cams = explain.cam(keep["model"], keep["variables"], xs, sign=signs)
-  plot_mean_cams(workdir / "cam_mean.png", wave, cams, letters)
-  by_letter = lambda m: {l: explain.line_contrast(wave, m[letters == l])
-                         for l in sorted(set(letters))}
-  res["cam"] = {"training_mean_subtype": centre,
-                "line_contrast_by_letter": by_letter(cams),
-                "line_contrast_later": by_letter(explain.cam(keep["model"], keep["variables"], xs)),
-                "line_contrast_earlier": by_letter(
-                    explain.cam(keep["model"], keep["variables"], xs, sign=-1)),
-                "examples": {}}
-  for letter in c.cam_examples:
-    idx = np.flatnonzero(letters == letter)
-    if not idx.size:
-      continue
-    i = idx[np.argmax(d["snr"][te][idx])]
-    j = te[i]
-    path = workdir / f"cam_{letter}.png"
-    explain.plot_cam(wave, d["x"][j], cams[i], path,
-                     title=f"{d['file'][j]}  {d['subclass'][j]} (true {d['subtype'][j]:.0f}, "
-                     f"predicted {keep['pred'][i]:.1f}), SNR_g {d['snr'][j]:.0f}; map: what "
-                     f"moves it {'earlier' if signs[i] < 0 else 'later'} than {centre:.1f}")
-    res["cam"]["examples"][letter] = {"file": str(d["file"][j]), "subclass": str(d["subclass"][j]),
-                                      "predicted": float(keep["pred"][i]), "png": path.name,
-                                      "line_contrast": explain.line_contrast(wave, cams[i])}
-
-  res["seconds"] = {"training": runner.seconds, "total": time.time() - t0}
-  (workdir / "results.json").write_text(json.dumps(res, indent=1))
+  keep = None
+  if "kernels" in studies:
+    out, keep = kernel_study(c, runner, tr, va, te)
+    res.update(out)
+    res["pred_vs_true_quadratic"] = plot_pred_vs_true(
+        workdir / "pred_vs_true.png", d["subtype"][te], keep["pred"], d["era"][te],
+        f"resnet1d k={c.kernel}, test set ({len(te)} stars): MAE {keep['metrics']['mae']:.2f}")
+    save("kernels")
+  if "loss" in studies:
+    res["loss"] = loss_study(c, d, runner, tr, va, te, res.get("kernels"))
+    save("loss")
+  if "baselines" in studies:
+    try:
+      res["baselines"] = baselines(c, d, tr, te)
+    except ImportError as e:
+      res["baselines"] = {"skipped": f"scikit-learn not installed ({e})"}
+    save("baselines")
+  if "params" in studies:
+    res["params"] = params_study(c, d, runner, tr, va, te, root, _BUNDLE.value, command)
+    save("params")
+  if "transfer" in studies:
+    res["transfer"] = transfer_study(c, d, runner, tr, va, te)
+    plot_transfer(workdir / "transfer.png", res["transfer"], res["transfer"]["sizes"],
+                  c.transfer_eras)
+    save("transfer")
+  if "cam" in studies:
+    res["cam"] = cam_study(c, d, keep, tr, te, workdir)
+    save("cam")
   logging.info("wrote %s in %.0f s", workdir / "results.json", time.time() - t0)
 
 
