@@ -39,7 +39,7 @@ import pathlib
 
 import numpy as np
 
-from astrotl import inference, rules, validate
+from astrotl import inference, rules, shapes, validate
 # Re-exported: callers know these as bundle.BundleError etc.
 from astrotl.validate import FORMAT, BundleError, column_name  # noqa: F401
 
@@ -379,14 +379,14 @@ def load_model(name_or_path) -> Model:
 
 def shipped_architectures() -> list:
   """[(model, config JSON, input shape)] of every network of the bundled models: the keys
-  of validate.KNOWN_SHAPES (rewrite it with `validate.write_known_shapes(...)` of this
+  of shapes.KNOWN_SHAPES (rewrite it with `shapes.write_known(...)` of this
   when a shipped bundle or a model's code changes; a test says when)."""
   out = []
   for name in BUNDLED:
     m = load_model(name)
     for net in m.networks.values():
       arch = (net.meta["model"], json.dumps(net.meta.get("config") or {}, sort_keys=True),
-              validate.input_shape(m.input, net.variables))
+              shapes.input_shape(m.input, net.variables))
       if arch not in out:
         out.append(arch)
   return out

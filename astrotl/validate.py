@@ -19,21 +19,21 @@ expected, unless:
   activations), and no BatchNorm variance is negative;
 - each network's weights have exactly the paths and shapes its model config builds for
   the bundle's input, found with `jax.eval_shape` of the model's init (nothing runs), or
-  for the shipped architectures in a table that comes with the package (KNOWN_SHAPES);
+  for the shipped architectures in a table that comes with the package
+  (`astrotl.shapes`);
 - a reference is (n, D), D the primary network's embedding width.
 
 Below `bundle` and `rules` (it imports neither), so both can use `column_name`.
 """
 
-import functools
-import hashlib
 import json
 import math
-import pathlib
 import re
 import warnings
 
 import numpy as np
+
+from astrotl import shapes
 
 FORMAT = 2
 MAX_META_BYTES = 4 << 20   # the bundled model's description is 6 kB
@@ -420,9 +420,9 @@ def check_shapes(variables, net: dict, spec: dict, where) -> None:
   got = {p: tuple(np.shape(v)) for p, v in surgery.flatten(
       {c: variables[c] for c in ("params", "batch_stats") if c in variables}).items()}
   unknown = [c for c in variables if c not in ("params", "batch_stats")]
-  shape = input_shape(spec, variables)
+  shape = shapes.input_shape(spec, variables)
   try:
-    want = _init_shapes(net["model"], json.dumps(config, sort_keys=True), shape)
+    want = shapes.built(net["model"], json.dumps(config, sort_keys=True), shape)
   except Exception as e:  # the model code is trusted, its config is not: any failure means no
     line = str(e).strip().splitlines()[0] if str(e).strip() else ""
     raise BundleError(f"{where}: {net['model']} with config {config} does not build for "
@@ -438,76 +438,6 @@ def check_shapes(variables, net: dict, spec: dict, where) -> None:
   if problems:
     raise BundleError(f"{where}: the weights do not fit {net['model']} {config} on input "
                       f"{shape}: {'; '.join(problems)}")
-
-
-def input_shape(spec: dict, variables=None) -> tuple:
-  """The shape of one network input for an input spec (checked by `check_meta`)."""
-  kind = spec.get("type", "spectrum")
-  if kind == "lightcurve":
-    return (1, 16)
-  if kind == "image":
-    from astrotl import surgery
-    # The spec does not say how many channels; the first conv kernel (h, w, in, out) does.
-    kernels = [v for v in surgery.flatten((variables or {}).get("params", {})).values()
-               if np.ndim(v) == 4]
-    channels = int(np.shape(kernels[0])[2]) if kernels else 3
-    size = int(spec.get("size") or 69)
-    return (1, size, size, channels)
-  from astrotl.preprocess import spectra
-  if spec.get("normalise", "tan") != "continuum":
-    return (1, int(spec.get("pixels", spectra.TAN_NPIX)))
-  width = spectra.NPIX // int(spec.get("bin", 1))
-  return (1, min(width, int(spec.get("pixels") or width)))
-
-
-KNOWN_SHAPES = "models/shapes.json"  # under astrotl/data
-
-
-def _shapes_key(model: str, config_json: str, shape: tuple) -> str:
-  text = json.dumps([model, json.loads(config_json), list(shape)], sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-@functools.lru_cache(maxsize=1)
-def _known_shapes() -> dict:
-  """The shapes of the shipped bundles' architectures, worked out ahead (`write_known_shapes`;
-  a test recomputes them): tracing a model's init costs ~0.2 s a network, most of a load.
-  The table comes with the package's code, never with the bundle being checked."""
-  from astrotl import data
-  try:
-    path = data.sample_dir(KNOWN_SHAPES.split("/")[0]) / KNOWN_SHAPES.split("/")[1]
-    table = json.loads(path.read_text())
-  except (OSError, ValueError):
-    return {}
-  return {k: {p: tuple(s) for p, s in v.items()} for k, v in table.items()}
-
-
-def write_known_shapes(models_json: list) -> pathlib.Path:
-  """Writes the known-shapes table for [(model, config_json, shape)], traced afresh."""
-  from astrotl import data
-  table = {_shapes_key(*m): {p: list(s) for p, s in _traced_shapes(*m).items()}
-           for m in models_json}
-  path = data.sample_dir(KNOWN_SHAPES.split("/")[0]) / KNOWN_SHAPES.split("/")[1]
-  path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-  return path
-
-
-@functools.lru_cache(maxsize=64)
-def _init_shapes(model: str, config_json: str, shape: tuple) -> dict:
-  """{params/batch_stats path: shape} that model(config) builds for inputs of `shape`."""
-  known = _known_shapes().get(_shapes_key(model, config_json, shape))
-  return known if known is not None else _traced_shapes(model, config_json, shape)
-
-
-def _traced_shapes(model: str, config_json: str, shape: tuple) -> dict:
-  import jax
-  import jax.numpy as jnp
-  from astrotl import models, surgery
-  m = models.get(model, **json.loads(config_json))
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  like = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x), x)
-  return {p: tuple(v.shape) for p, v in surgery.flatten(
-      {c: like[c] for c in ("params", "batch_stats") if c in like}).items()}
 
 
 def check_bundle(trees: dict, meta: dict, source) -> dict:

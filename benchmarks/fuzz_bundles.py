@@ -59,12 +59,12 @@ TINY = {"channels": [4, 4, 4, 4, 4, 4, 4, 4], "dense_width": 8}
 
 def _random_variables(num_classes, seed):
   """Variables of the tiny cnn1d, random (no compilation: shapes from jax.eval_shape)."""
-  from astrotl import surgery, validate
+  from astrotl import shapes, surgery
   rng = np.random.default_rng(seed)
-  shapes = validate._init_shapes("cnn1d", json.dumps(dict(TINY, num_classes=num_classes),
-                                                      sort_keys=True), (1, 3700))
+  built = shapes.built("cnn1d", json.dumps(dict(TINY, num_classes=num_classes),
+                                           sort_keys=True), (1, 3700))
   flat = {p: (np.ones(s, np.float32) if p.endswith(("/var", "/scale")) else
-              (0.3 * rng.normal(size=s)).astype(np.float32)) for p, s in shapes.items()}
+              (0.3 * rng.normal(size=s)).astype(np.float32)) for p, s in built.items()}
   return surgery.unflatten(flat)
 
 
@@ -550,7 +550,7 @@ _WORKER = {}
 def _inputs(spec, variables):
   """A batch of real network inputs for an input spec (cached): sample spectra through the
   bundle's own preprocessing (numpy: `inference.network_inputs` computes the same under jit)."""
-  from astrotl import inference, data, validate
+  from astrotl import inference, data, shapes
   from astrotl.preprocess import spectra
   key = json.dumps(spec, sort_keys=True)
   if key not in _WORKER:
@@ -566,7 +566,7 @@ def _inputs(spec, variables):
       _WORKER[key] = np.random.default_rng(0).normal(size=(6, 16)).astype(np.float32)
     else:
       _WORKER[key] = np.random.default_rng(0).random(
-          (6,) + validate.input_shape(spec, variables)[1:]).astype(np.float32)
+          (6,) + shapes.input_shape(spec, variables)[1:]).astype(np.float32)
   return _WORKER[key]
 
 

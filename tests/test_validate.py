@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from astrotl import bundle, checkpoint, data, surgery, validate
+from astrotl import bundle, checkpoint, data, shapes, surgery, validate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -343,9 +343,9 @@ def test_the_known_shapes_table_is_what_the_models_build():
   """The table that spares a load the tracing must hold exactly the traced shapes of every
   shipped architecture, or a model change would slip past the shape check."""
   archs = bundle.shipped_architectures()
-  table = validate._known_shapes()
-  fix = ("rewrite it: python -c 'from astrotl import bundle, validate; "
-         "validate.write_known_shapes(bundle.shipped_architectures())'")
-  assert {validate._shapes_key(*a) for a in archs} == set(table), fix
+  table = shapes.known()
+  fix = ("rewrite it: python -c 'from astrotl import bundle, shapes; "
+         "shapes.write_known(bundle.shipped_architectures())'")
+  assert {shapes.key(*a) for a in archs} == set(table), fix
   for arch in archs:
-    assert table[validate._shapes_key(*arch)] == validate._traced_shapes(*arch), (arch[0], fix)
+    assert table[shapes.key(*arch)] == shapes.traced(*arch), (arch[0], fix)
