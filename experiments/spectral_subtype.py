@@ -46,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  pylint: disable=g-import-not-at-top
+import real_spectra  # noqa: E402  pylint: disable=g-import-not-at-top
 import stellar_params  # noqa: E402  pylint: disable=g-import-not-at-top
 import subtype_data  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -380,7 +381,7 @@ def main(argv):
   t0 = time.time()
   command = shlex.join([pathlib.Path(sys.executable).name] + sys.argv)
   try:
-    root = subtype_data.data_root(c.data_dir)
+    root = real_spectra.shared_data(c.data_dir or None)
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from None
   d = subtype_data.load_stars(root, c)

@@ -10,7 +10,6 @@ variance of each binned pixel in `x_ivar`, for The Cannon).
 """
 
 import csv
-import os
 import pathlib
 
 from absl import logging
@@ -25,15 +24,6 @@ ERAS = {"lamost_dr8v1_image_format": "dr8", "lamost_dr1_pilot_B6212": "pilot",
         real_spectra.DR10: "dr10"}
 PARAMS = ("teff", "logg", "feh")
 UNITS = ("K", "dex", "dex")
-
-
-def data_root(configured: str) -> pathlib.Path:
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  for root in (configured, os.environ.get("ASTROTL_SHARED_DATA"), repo.parent / "shared" / "data"):
-    if root and (pathlib.Path(root) / "spectra" / "index.csv").exists():
-      return pathlib.Path(root)
-  raise FileNotFoundError("no spectra/index.csv found: set --config.data_dir=DIR or "
-                          "$ASTROTL_SHARED_DATA to the shared data root")
 
 
 def input_spec(c) -> dict:
