@@ -19,17 +19,23 @@ from astrotl.scan.chunks import write_atomic
 LINES = (3934, 4102, 4341, 4862, 6564)
 
 
+def _figure(**kw):
+  """A matplotlib figure drawn by Agg, without pyplot: pyplot's import costs half a second
+  of every scan, and its registry of open figures buys a report nothing."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(**kw)
+  FigureCanvasAgg(fig)
+  return fig
+
+
 def _save(fig, path):
-  import matplotlib.pyplot as plt
   write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-  plt.close(fig)
 
 
 def histogram(out, scores, eligible, rule, n_cand):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig = _figure(figsize=(6.5, 4))
+  ax = fig.subplots()
   finite = np.isfinite(scores)
   prob = rule["type"] != "range"
   bins = np.linspace(0, 1, 51) if prob else 50
@@ -107,9 +113,6 @@ def plot_spectra(path, rows, model, title):
   """The spectra of `rows` (an arrow table of predictions), as the network saw them
   (`host_inputs`), each titled with its file, model class, survey class and title(columns,
   k)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   from matplotlib.lines import Line2D
   from astrotl.preprocess import spectra
   cols = {c: rows[c].to_pylist() for c in rows.column_names} if rows is not None else {"file": []}
@@ -127,7 +130,8 @@ def plot_spectra(path, rows, model, title):
   # vertical segments [x, x] x [0, 1] (axes fraction), NaN between them
   marks = (np.repeat(np.asarray(LINES, float), 3), np.tile([0.0, 1.0, np.nan], len(LINES)))
   marks[0][2::3] = np.nan
-  fig, axes = plt.subplots(n, 1, figsize=(8, 1.6 * n), sharex=True, squeeze=False)
+  fig = _figure(figsize=(8, 1.6 * n))
+  axes = fig.subplots(n, 1, sharex=True, squeeze=False)
   for k, ax in enumerate(axes[:, 0]):
     if k >= len(cols["file"]):
       ax.text(0.5, 0.5, "no spectra", transform=ax.transAxes, ha="center")
