@@ -41,7 +41,8 @@ import numpy as np
 
 from astrotl import inference, rules, shapes, validate
 # Re-exported: callers know these as bundle.BundleError etc.
-from astrotl.validate import FORMAT, BundleError, column_name  # noqa: F401
+from astrotl.schema import BundleError, column_name  # noqa: F401
+from astrotl.validate import FORMAT  # noqa: F401
 
 BUNDLED = {
     "wd_two_stage": ("models/wd_two_stage.npz", None),

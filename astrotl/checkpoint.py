@@ -388,23 +388,23 @@ def load_bundle(path) -> tuple[dict, dict]:
 
   Read with astrotl.io.weights.read_npz (no pickle, array sizes and the number of arrays
   checked against limits before reading); the description's size and nesting are
-  checked before it is decoded (`astrotl.validate.decode_meta`).  Anything that is not a
+  checked before it is decoded (`astrotl.schema.decode_meta`).  Anything that is not a
   well-formed bundle raises CheckpointError; what the description and arrays say is
   checked by `astrotl.validate.check_bundle` (`bundle.Model` calls it).
   """
-  from astrotl import surgery, validate
+  from astrotl import schema, surgery
   from astrotl.io import weights
   path = pathlib.Path(path)
   try:
     # The description's member is capped before it is read (header included).
-    arrays = weights.read_npz(path, limits={_META_KEY: validate.MAX_META_BYTES + 4096})
+    arrays = weights.read_npz(path, limits={_META_KEY: schema.MAX_META_BYTES + 4096})
   except (weights.WeightsError, OSError) as e:
     raise CheckpointError(f"{path}: cannot read model bundle ({type(e).__name__}: {e})") from None
   if _META_KEY not in arrays:
     raise CheckpointError(f"{path}: not an astrotl model bundle (no {_META_KEY} entry)")
   try:
-    meta = validate.decode_meta(arrays[_META_KEY].tobytes(), path)
-  except validate.BundleError as e:
+    meta = schema.decode_meta(arrays[_META_KEY].tobytes(), path)
+  except schema.BundleError as e:
     raise CheckpointError(str(e)) from None
   flat = {}
   for k, v in arrays.items():

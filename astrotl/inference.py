@@ -15,7 +15,8 @@ import re
 import numpy as np
 
 from astrotl import rules
-from astrotl.validate import BundleError, check_kept
+from astrotl.schema import BundleError
+from astrotl.validate import check_kept
 
 DEVICE_KEYS = ("u", "flux", "ivar", "mask")  # the raw arrays make_fn takes
 

@@ -42,7 +42,7 @@ REASON_TEXT = {
 
 def check_model(model):
   """Raises BundleError unless `model` takes the 16 UPSILoN features of light curves."""
-  from astrotl.validate import BundleError
+  from astrotl.schema import BundleError
   spec = model.input
   who = model.name if model.name == model.source else f"{model.name} ({model.source})"
   if spec.get("type") != "lightcurve":

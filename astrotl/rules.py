@@ -75,7 +75,7 @@ def parse(text: str, columns, classes=()) -> dict:
 
 
 def _column(name, columns, classes):
-  from astrotl.validate import column_name
+  from astrotl.schema import column_name
   if name in columns:
     return name
   if name in classes and f"p_{column_name(name)}" in columns:

@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from astrotl import bundle, checkpoint, data, shapes, surgery, validate
+from astrotl import bundle, checkpoint, data, schema, shapes, surgery, validate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -228,7 +228,7 @@ def test_a_description_nested_200000_deep_is_one_line(tmp_path, tiny_bundles):
   deep = b'{"about": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
   _refused(_raw(tmp_path / "deep.npz", flat, deep), "nests 200001 levels")
   brackets_in_text = json.dumps({"about": "[" * 100}).encode()
-  assert validate.json_depth(brackets_in_text) == 1
+  assert schema.json_depth(brackets_in_text) == 1
 
 
 def test_format_1_descriptions_are_checked_too(tmp_path, tiny_bundles):
