@@ -47,6 +47,7 @@ from astrotl.validate import FORMAT  # noqa: F401
 BUNDLED = {
     "wd_two_stage": ("models/wd_two_stage.npz", None),
     "wd_stage1": ("models/wd_two_stage.npz", "stage1"),
+    "lamost_params": ("models/lamost_params.npz", None),
     "upsilont": ("upsilont", None),
 }
 
@@ -340,9 +341,10 @@ def _resource(rel):
 
 
 def load_model(name_or_path) -> Model:
-  """A Model from a bundled name (`wd_two_stage`, `wd_stage1`, `upsilont`), a bundle path
-  (.npz), or 'torch:stage1.pt,stage2.pt' (Tan et al.'s published PyTorch weights;
-  'torch:stage1.pt' alone gives their 7-class stage 1)."""
+  """A Model from a bundled name (`wd_two_stage`, `wd_stage1`, `lamost_params`: Teff, log g
+  and [Fe/H] of LAMOST A/F/G stars, `upsilont`), a bundle path (.npz), or
+  'torch:stage1.pt,stage2.pt' (Tan et al.'s published PyTorch weights; 'torch:stage1.pt'
+  alone gives their 7-class stage 1)."""
   from astrotl import checkpoint
   spec = os.fspath(name_or_path) if name_or_path is not None else "wd_two_stage"
   if spec.startswith("torch:"):

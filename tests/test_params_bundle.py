@@ -43,7 +43,7 @@ def test_predictions_come_out_in_physical_units_with_their_units(params_bundle):
   cols = m.columns()
   assert list(cols) == TARGETS
   assert [cols[t][1] for t in TARGETS] == UNITS
-  assert "(dex)" in cols["logg"][0]  # FITS keeps the unit only in the description
+  assert "(dex)" in cols["logg"][0]  # the description names the unit too
   files = _files(4)
   t = m.predict(files)
   assert [t[k].unit for k in TARGETS] == ["K", "dex", "dex"]
@@ -57,8 +57,10 @@ def test_predictions_come_out_in_physical_units_with_their_units(params_bundle):
 
 def test_scan_outputs_carry_the_units(tmp_path, params_bundle):
   out = tmp_path / "scan"
-  scan.scan(spectra=_files(4), out=out, model=str(params_bundle), select="0<=teff<=100000",
-            workers=0, progress=False, log=lambda *a: None)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # writing 'dex' to FITS and VOTable warns of nothing
+    scan.scan(spectra=_files(4), out=out, model=str(params_bundle), select="0<=teff<=100000",
+              workers=0, progress=False, log=lambda *a: None)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     parquet = Table.read(out / "predictions.parquet")
@@ -70,7 +72,9 @@ def test_scan_outputs_carry_the_units(tmp_path, params_bundle):
   names = [header[f"TTYPE{i}"] for i in range(1, header["TFIELDS"] + 1)]
   k = {n: names.index(n) + 1 for n in TARGETS}
   assert header[f"TUNIT{k['teff']}"] == "K"
-  # 'dex' is no FITS unit: astropy leaves TUNIT out, the column's comment names it.
+  # 'dex' is no FITS standard unit, which astropy would drop: written as given all the
+  # same, and the column's comment names it too.
+  assert header[f"TUNIT{k['logg']}"] == header[f"TUNIT{k['feh']}"] == "dex"
   assert "(dex)" in header[f"TCOMM{k['logg']}"] and "(dex)" in header[f"TCOMM{k['feh']}"]
 
 

@@ -24,6 +24,7 @@ import contextlib
 import csv
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -306,7 +307,7 @@ def write_catalog(out, stem, cand, model, inputs, rule, known):
   the predictions (the candidates, the anomalies): an arrow table, which may be empty but
   has the predictions' schema.  The rule, model and --known catalog are written in full:
   FITS keywords as long strings (CONTINUE cards), VOTable INFO elements."""
-  from astropy.io.votable import converters, from_table
+  from astropy.io.votable import converters, exceptions, from_table
   from astropy.io.votable.tree import Info
   t = to_astropy(cand, model, inputs, known)
   about = {"RULE": rules.describe(rule) if rule else "none", "MODEL": str(model.name),
@@ -330,17 +331,26 @@ def write_catalog(out, stem, cand, model, inputs, rule, known):
       field.converter = converters.get_converter(field)
   for k, v in about.items():
     table.infos.append(Info(name=k, value=str(v)))
-  with writing(out / f"{stem}.vot"):
+  with writing(out / f"{stem}.vot"), warnings.catch_warnings():
+    # W50: astropy's VOUnit parser knows no 'dex' ([Fe/H], log g of lamost_params); the
+    # file carries the unit as given, which VO tools read.
+    warnings.simplefilter("ignore", exceptions.W50)
     write_atomic(out / f"{stem}.vot", lambda p: vot.to_xml(str(p)))
 
 
 def write_fits(path, t):
   """An astropy Table as FITS, with each description also in the TTYPEn comment and
   TCOMMn (TOPCAT shows those; astropy keeps descriptions only in its own comment), and
-  long text keywords continued over CONTINUE cards (LONGSTRN announces the convention)."""
+  long text keywords continued over CONTINUE cards (LONGSTRN announces the convention).
+  A unit the FITS standard lacks ('dex') is written as its TUNITn string all the same,
+  where astropy would drop it with a warning: readers show it as given."""
   from astropy.io import fits
-  hdu = fits.table_to_hdu(t)
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*could not be saved in native FITS format")
+    hdu = fits.table_to_hdu(t)
   for i, name in enumerate(t.colnames, start=1):
+    if t[name].unit is not None and f"TUNIT{i}" not in hdu.header:
+      hdu.header.insert(f"TFORM{i}", (f"TUNIT{i}", t[name].unit.to_string()), after=True)
     desc = t[name].description or ""
     if desc:
       hdu.header.comments[f"TTYPE{i}"] = desc[:46]
