@@ -109,3 +109,17 @@ def test_fit_trains_several_regression_targets_at_once(tmp_path):
   assert pred.shape == (8, 3)
   mae = np.mean(np.abs(pred - y[16:]))
   assert abs(mae - r.best["val_mae"]) < 1e-5  # val_mae is over all three targets
+
+
+def test_the_shipped_lamost_params_orders_the_sample_stars_by_their_letter():
+  """The bundled model on the package's real LAMOST A, F and G stars (none of them in its
+  training set, which is DR10 only): Teff falls from A to F to G, as their MK types say."""
+  rows = [r for r in data.sample_index("spectra") if str(r.get("subclass") or "")[:1] in "AFG"
+          and r.get("subclass")]
+  t = bundle.load_model("lamost_params").predict([str(r["path"]) for r in rows])
+  letter = {str(r["path"]): r["subclass"][0] for r in rows}
+  teff = {k: np.median([v for n, v in zip(t["name"], t["teff"]) if letter[n] == k]) for k in "AFG"}
+  assert all(np.isfinite(t[k]).all() for k in TARGETS)
+  # medians here: A 7.2 kK, F 6.1 kK, G 5.7 kK (F and G overlap: F9 and G0 differ little)
+  assert 6500 < teff["A"] < 9500 and teff["A"] > teff["F"] + 500 and teff["F"] > teff["G"] + 100
+  assert 3.0 < np.median(t["logg"]) < 4.8 and -1.0 < np.median(t["feh"]) < 0.5
