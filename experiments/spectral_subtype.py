@@ -199,6 +199,18 @@ def baselines(c, d, tr, te) -> dict:
     gbt = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0)
     out["gradient_boosted_trees"] = subtype_scores(
         y[te], gbt.fit(xb[tr], y[tr]).predict(xb[te]), letters)
+    # How well the labels themselves follow physics: the subclass of the DR10 stars from
+    # the DR10 pipeline's own Teff, log g, [Fe/H] (no spectrum), on the same split.  LAMOST
+    # subclasses come from a coarse template grid, so this is a floor no spectrum model
+    # needs to beat, but it says how far below ~1 subtype an MAE can meaningfully go.
+    ptr, pte = (i[np.isfinite(d["params"][i]).all(1)] for i in (tr, te))
+    from_params = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0)
+    out["subclass_from_dr10_parameters"] = subtype_scores(
+        y[pte], from_params.fit(d["params"][ptr], y[ptr]).predict(d["params"][pte]),
+        d["letter"][pte])
+    # the spectrum trees on those same stars, to compare like with like
+    out["gradient_boosted_trees_dr10_stars"] = subtype_scores(
+        y[pte], gbt.predict(xb[pte]), d["letter"][pte])
   return out
 
 
